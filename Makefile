@@ -1,0 +1,45 @@
+# Every target is one line; CI (.ci/run, .gitlab-ci.yml) calls these same targets.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: setup protos lint typecheck test demo up down bench bench-train bench-predict bench-stream clean
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml constraints.txt
+	python3.11 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -c constraints.txt -e '.[dev]' && touch $(VENV_STAMP)
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/*.proto
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: setup
+	$(PY) -m mypy
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m scripts.demo
+
+up: setup
+	$(PY) -m scripts.demo --up
+
+down: setup
+	$(PY) -m scripts.demo --down
+
+bench: bench-train bench-predict bench-stream
+
+bench-train: setup
+	$(PY) -m benchmarks.bench_train
+
+bench-predict: setup
+	$(PY) -m benchmarks.bench_predict
+
+bench-stream: setup
+	$(PY) -m benchmarks.bench_stream
+
+clean:
+	rm -rf .venv var .mypy_cache .ruff_cache .pytest_cache

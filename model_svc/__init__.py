@@ -1,0 +1,1 @@
+"""PredictService: serves a Keras sentiment model from memory with dynamic batching and hot reload."""

@@ -1,0 +1,1 @@
+"""Developer tooling: the local AWS endpoint, the demo driver."""

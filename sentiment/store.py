@@ -1,0 +1,216 @@
+"""The artifact store: a local directory or `s3://bucket/prefix`, behind one small async interface.
+
+S3 is reached through aioboto3 with the standard AWS configuration chain (credentials, AWS_REGION /
+AWS_DEFAULT_REGION, AWS_ENDPOINT_URL for a local endpoint), so nothing here knows which AWS it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import aioboto3
+from botocore.exceptions import ClientError
+
+from sentiment.errors import InvalidInput, NotFound
+
+_CHUNK = 1 << 20
+
+
+class ArtifactStore(Protocol):
+    """Keys are '/'-separated paths relative to the store's root."""
+
+    uri: str
+
+    async def get_bytes(self, key: str) -> bytes:
+        """The object's content; NotFound when it does not exist."""
+        ...
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Write the whole object (atomically for readers: never half-written)."""
+        ...
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted."""
+        ...
+
+    async def download(self, key: str, dest: Path) -> str:
+        """Copy an object to a local file; returns its sha256. NotFound when it does not exist."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise InvalidInput(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class LocalStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents and path != self.root.resolve():
+            raise InvalidInput(f"key {key!r} escapes the store")
+        return path
+
+    async def get_bytes(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._path(key).read_bytes)
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"{key} not found in {self.uri}") from None
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+
+        await asyncio.to_thread(write)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+
+        def walk() -> list[str]:
+            if not base.exists():
+                return []
+            root = self.root.resolve()
+            return sorted(
+                str(p.resolve().relative_to(root))
+                for p in base.rglob("*")
+                if p.is_file() and ".tmp" not in p.name
+            )
+
+        return await asyncio.to_thread(walk)
+
+    async def download(self, key: str, dest: Path) -> str:
+        source = self._path(key)
+
+        def copy() -> str:
+            if not source.is_file():
+                raise NotFound(f"{key} not found in {self.uri}")
+            shutil.copyfile(source, dest)
+            return sha256_file(dest)
+
+        return await asyncio.to_thread(copy)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class S3Store:
+    """`s3://bucket/prefix`; open with `await S3Store.open(uri)` and close with `aclose()`."""
+
+    def __init__(self, uri: str, client: Any, stack: AsyncExitStack) -> None:
+        self.uri = uri
+        self.bucket, prefix = split_s3_uri(uri)
+        self.prefix = prefix.rstrip("/")
+        self._client = client
+        self._stack = stack
+
+    @classmethod
+    async def open(cls, uri: str, session: aioboto3.Session | None = None) -> S3Store:
+        stack = AsyncExitStack()
+        client = await stack.enter_async_context((session or aioboto3.Session()).client("s3"))
+        return cls(uri, client, stack)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def get_bytes(self, key: str) -> bytes:
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise _not_found(exc, f"s3://{self.bucket}/{self._key(key)}") from exc
+        async with response["Body"] as body:
+            return bytes(await body.read())
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    async def download(self, key: str, dest: Path) -> str:
+        return await download_s3_object(self._client, self.bucket, self._key(key), dest)
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+
+def _not_found(exc: ClientError, where: str) -> Exception:
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound"):
+        return NotFound(f"{where} does not exist ({code})")
+    return exc
+
+
+async def download_s3_object(client: Any, bucket: str, key: str, dest: Path) -> str:
+    """Stream one object to `dest` in 1 MiB chunks, hashing as it goes; returns the sha256."""
+    try:
+        response = await client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        raise _not_found(exc, f"s3://{bucket}/{key}") from exc
+    digest = hashlib.sha256()
+    with open(dest, "wb") as out:
+        async with response["Body"] as body:
+            while chunk := await body.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+    return digest.hexdigest()
+
+
+async def fetch_uri(uri: str, dest: Path, session: aioboto3.Session | None = None) -> str:
+    """Copy `s3://bucket/key` or a local path to `dest`; returns its sha256. NotFound if it is missing."""
+    if uri.startswith("s3://"):
+        bucket, key = split_s3_uri(uri)
+        async with (session or aioboto3.Session()).client("s3") as client:
+            return await download_s3_object(client, bucket, key, dest)
+    if "://" in uri:
+        raise InvalidInput(f"unsupported dataset URI scheme: {uri!r} (use s3:// or a local path)")
+    source = Path(uri)
+
+    def copy() -> str:
+        if not source.is_file():
+            raise NotFound(f"dataset {uri} does not exist")
+        shutil.copyfile(source, dest)
+        return sha256_file(dest)
+
+    return await asyncio.to_thread(copy)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def open_store(uri: str, session: aioboto3.Session | None = None) -> ArtifactStore:
+    """A store for `uri`: `s3://bucket/prefix` or a local directory path."""
+    if uri.startswith("s3://"):
+        return await S3Store.open(uri, session)
+    if "://" in uri:
+        raise InvalidInput(f"unsupported store URI scheme: {uri!r} (use s3:// or a local path)")
+    return LocalStore(uri)

@@ -1,0 +1,131 @@
+"""The one text pipeline that training and serving share: tweet text -> tokens -> padded id sequences.
+
+The settings travel inside each model bundle (`TextConfig.to_dict`), so a served model sees exactly the
+tokens it was trained on.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+PAD_ID = 0
+OOV_ID = 1
+FIRST_WORD_ID = 2
+
+# NLTK's English stop words (embedded: no download at run time) minus the words that carry sentiment.
+NEGATIONS = frozenset({"no", "nor", "not", "never", "none", "nobody", "nothing", "neither", "nowhere"})
+_NLTK_ENGLISH = """
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers
+herself it its itself they them their theirs themselves what which who whom this that these those am is are
+was were be been being have has had having do does did doing a an the and but if or because as until while
+of at by for with about against between into through during before after above below to from up down in out
+on off over under again further then once here there when where why how all any both each few more most
+other some such no nor not only own same so than too very s t can will just don should now d ll m o re ve y
+ain aren couldn didn doesn hadn hasn haven isn ma mightn mustn needn shan shouldn wasn weren won wouldn
+""".split()
+STOP_WORDS = frozenset(w for w in _NLTK_ENGLISH if w not in NEGATIONS)
+
+_URL = re.compile(r"(?:https?://|www\.)\S+|\b[\w.-]+\.(?:com|net|org|ly|co|io|me)(?:/\S*)?", re.IGNORECASE)
+_MENTION = re.compile(r"@\w+")
+_HASHTAG = re.compile(r"#(\w+)")
+_POS_EMOTICON = re.compile(r"(?:[:=;8][-o*']?[)\]dDpP}]|<3)")
+_NEG_EMOTICON = re.compile(r"(?:[:=;8][-o*']?[(\[{|/\\]|:'\()")
+_NOT = re.compile(r"\b(?:won't|wont)\b|\b(can)'?t\b|n't\b", re.IGNORECASE)
+_ELONGATED = re.compile(r"(\w)\1{2,}")
+_NUMBER = re.compile(r"^\d+(?:[.,]\d+)*$")
+_TOKEN = re.compile(r"[a-z0-9_']+|<[a-z]+>")
+
+POS_EMOTICON_TOKEN = "<smile>"
+NEG_EMOTICON_TOKEN = "<sad>"
+NUMBER_TOKEN = "<num>"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How text becomes tokens. Recorded in each bundle; a change of meaning needs a new field."""
+
+    drop_stop_words: bool = False
+    emoticon_tokens: bool = True
+    number_token: bool = True
+    max_repeat: int = 2  # "loooove" -> "loove"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TextConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown text settings {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+def _negate(match: re.Match[str]) -> str:
+    if match.group(1):  # can't -> can not
+        return f"{match.group(1)} not"
+    return " not" if match.group(0).lower() == "n't" else "will not"
+
+
+def tokenize(text: str, config: TextConfig = TextConfig()) -> list[str]:
+    """Tokens of one tweet: no URLs or mentions, hashtags as words, negations spelled "not"."""
+    text = html.unescape(text)
+    text = _URL.sub(" ", text)
+    text = _MENTION.sub(" ", text)
+    if config.emoticon_tokens:
+        text = _POS_EMOTICON.sub(f" {POS_EMOTICON_TOKEN} ", text)
+        text = _NEG_EMOTICON.sub(f" {NEG_EMOTICON_TOKEN} ", text)
+    text = _HASHTAG.sub(r" \1 ", text)
+    text = _NOT.sub(_negate, text)
+    text = text.lower()
+    if config.max_repeat > 0:
+        text = _ELONGATED.sub(lambda m: m.group(1) * config.max_repeat, text)
+    tokens = []
+    for token in _TOKEN.findall(text):
+        token = token.strip("'")
+        if not token:
+            continue
+        if config.number_token and _NUMBER.match(token):
+            token = NUMBER_TOKEN
+        if config.drop_stop_words and token in STOP_WORDS:
+            continue
+        tokens.append(token)
+    return tokens
+
+
+class Vocabulary:
+    """Token <-> id mapping; id 0 pads, id 1 is any word not in the vocabulary."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.words = list(words)
+        self._ids = {word: i + FIRST_WORD_ID for i, word in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        """Rows of the embedding matrix, padding and OOV included."""
+        return len(self.words) + FIRST_WORD_ID
+
+    def ids(self, tokens: Iterable[str]) -> list[int]:
+        get = self._ids.get
+        return [get(token, OOV_ID) for token in tokens]
+
+
+def encode(
+    token_lists: Sequence[Sequence[str]], vocab: Vocabulary, sequence_length: int, pad_to: int | None = None
+) -> np.ndarray:
+    """Right-aligned (pre-padded) int32 id matrix; tweets longer than `sequence_length` keep their tail.
+
+    `pad_to` sets the width (<= sequence_length); by default it is `sequence_length`.
+    """
+    width = sequence_length if pad_to is None else min(pad_to, sequence_length)
+    out = np.zeros((len(token_lists), max(width, 1)), dtype=np.int32)
+    for row, tokens in enumerate(token_lists):
+        ids = vocab.ids(tokens)[-width:] if width else []
+        if ids:
+            out[row, -len(ids) :] = ids
+    return out

@@ -1,0 +1,65 @@
+"""The shared text pipeline and the Sentiment140 reader."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from sentiment.dataset import ReadStats, iter_tweets, load_sample, parse_twitter_date
+from sentiment.errors import InvalidDataset, NotFound
+from sentiment.text import OOV_ID, TextConfig, Vocabulary, encode, tokenize
+
+
+def test_tokenize_strips_urls_mentions_and_keeps_negations() -> None:
+    tokens = tokenize("@bob I can't believe it!!! sooooo happy :) http://t.co/x #blessed &amp; 2009")
+    assert tokens == ["i", "can", "not", "believe", "it", "soo", "happy", "<smile>", "blessed", "<num>"]
+    assert "not" in tokenize("this is not good", TextConfig(drop_stop_words=True))
+    assert "is" not in tokenize("this is not good", TextConfig(drop_stop_words=True))
+
+
+def test_encode_pre_pads_and_keeps_the_tail() -> None:
+    vocab = Vocabulary(["good", "bad"])
+    out = encode([["good"], ["bad", "good", "zzz"]], vocab, sequence_length=2)
+    assert out.tolist() == [[0, 2], [2, OOV_ID]]
+
+
+def test_reader_accepts_empty_fields_and_counts_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(
+        b'"0","1","Mon Apr 06 22:19:45 PDT 2009","NO_QUERY","u","sad day"\n'
+        b'"4","","","NO_QUERY","","caf\xe9 is great"\n'
+        b'"2","3","","NO_QUERY","","neutral"\n'
+        b'"9","only","three"\n'
+        b'"7","4","","NO_QUERY","","bad target"\n' + b'"4","","","NO_QUERY","","fine"\n' * 5
+    )
+    stats = ReadStats()
+    tweets = list(iter_tweets(path, stats))
+    assert [t.label for t in tweets] == [0, 1, 1, 1, 1, 1, 1]
+    assert tweets[1].text == "café is great"
+    assert (stats.rows_read, stats.malformed_rows, stats.neutral_rows) == (10, 2, 1)
+
+
+def test_reader_rejects_a_file_that_is_not_csv(tmp_path: Path) -> None:
+    path = tmp_path / "image.csv"
+    path.write_bytes(bytes(range(256)) * 50)
+    with pytest.raises(InvalidDataset, match="not a Sentiment140 CSV"):
+        list(iter_tweets(path))
+    bad_gzip = tmp_path / "truncated.csv.gz"
+    bad_gzip.write_bytes(gzip.compress(b'"0","1","","","","x"\n' * 1000)[:-8])
+    with pytest.raises(InvalidDataset):
+        list(iter_tweets(bad_gzip))
+    with pytest.raises(NotFound):
+        list(iter_tweets(tmp_path / "missing.csv"))
+
+
+def test_max_rows_samples_evenly_across_labels(dataset_file: Path) -> None:
+    texts, labels = load_sample(dataset_file, max_rows=200, seed=1)
+    assert len(texts) == 200 and sum(labels) == 100
+    assert load_sample(dataset_file, max_rows=200, seed=1) == (texts, labels)
+
+
+def test_parse_twitter_date() -> None:
+    assert parse_twitter_date("Mon Apr 06 22:19:45 PDT 2009") == "2009-04-07T05:19:45Z"
+    assert parse_twitter_date("") == ""

@@ -1,0 +1,1 @@
+"""TrainService: trains Word2Vec + Keras LSTM sentiment models and publishes versioned bundles."""
