@@ -49,6 +49,7 @@ class LocalAws:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "MOTO_CALL_RESET_API": "false"},
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the owner, which stops it
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -172,8 +172,10 @@ async def download_s3_object(client: Any, bucket: str, key: str, dest: Path) -> 
     except ClientError as exc:
         raise _not_found(exc, f"s3://{bucket}/{key}") from exc
     digest = hashlib.sha256()
+    body = response["Body"]
     with open(dest, "wb") as out:
-        async with response["Body"] as body:
+        # `async with body as x` would give the raw aiohttp response, whose read() takes no size.
+        async with body:
             while chunk := await body.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)

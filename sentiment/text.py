@@ -39,11 +39,26 @@ _NEG_EMOTICON = re.compile(r"(?:[:=;8][-o*']?[(\[{|/\\]|:'\()")
 _NOT = re.compile(r"\b(?:won't|wont)\b|\b(can)'?t\b|n't\b", re.IGNORECASE)
 _ELONGATED = re.compile(r"(\w)\1{2,}")
 _NUMBER = re.compile(r"^\d+(?:[.,]\d+)*$")
-_TOKEN = re.compile(r"[a-z0-9_']+|<[a-z]+>")
+_REPEATED_MARKS = re.compile(r"([!?])[!?]*")
+_TOKEN = re.compile(r"[a-z0-9_']+|<[a-z]+>|[!?]")
+# Emojis carry sentiment in live tweets; the training data (latin-1) has none, so each maps to the
+# emoticon token the model did learn. Others are dropped like any punctuation.
+_POS_EMOJI = re.compile(
+    "[\U0001f600-\U0001f60d\U0001f617-\U0001f61d\U0001f638-\U0001f63b\U0001f44d\U0001f44f\U0001f64c\U0001f389\U0001f495-\U0001f49f\u2764\u263a\U0001f970\U0001f973\U0001f929]"
+)
+_NEG_EMOJI = re.compile(
+    "[\U0001f612-\U0001f616\U0001f61e-\U0001f62d\U0001f630-\U0001f637\U0001f63e-\U0001f640\U0001f44e\U0001f494\u2639\U0001f641\U0001f614]"
+)
 
 POS_EMOTICON_TOKEN = "<smile>"
 NEG_EMOTICON_TOKEN = "<sad>"
 NUMBER_TOKEN = "<num>"
+URL_TOKEN = "<url>"
+USER_TOKEN = "<user>"
+
+# Settings a bundle written before they existed did not use: a missing key reads as "off", never as
+# today's default, so an old bundle keeps its tokens.
+_ABSENT_MEANS = {"placeholder_tokens": False, "punctuation_tokens": False, "emoji_tokens": False}
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,9 @@ class TextConfig:
     emoticon_tokens: bool = True
     number_token: bool = True
     max_repeat: int = 2  # "loooove" -> "loove"
+    placeholder_tokens: bool = True  # URLs -> <url>, mentions -> <user> (rather than dropped)
+    punctuation_tokens: bool = True  # "!" and "?" as tokens ("!!!" -> "!")
+    emoji_tokens: bool = True  # sentiment-bearing emojis -> <smile> / <sad>
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +82,7 @@ class TextConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown text settings {sorted(unknown)}")
-        return cls(**dict(data))
+        return cls(**{**_ABSENT_MEANS, **data})
 
 
 def _negate(match: re.Match[str]) -> str:
@@ -74,22 +92,28 @@ def _negate(match: re.Match[str]) -> str:
 
 
 def tokenize(text: str, config: TextConfig = TextConfig()) -> list[str]:
-    """Tokens of one tweet: no URLs or mentions, hashtags as words, negations spelled "not"."""
+    """Tokens of one tweet: URLs and mentions as placeholders (or dropped), hashtags as words, negations
+    spelled "not", emoticons and emojis as <smile> / <sad>, numbers as <num>, "!" and "?" kept."""
     text = html.unescape(text)
-    text = _URL.sub(" ", text)
-    text = _MENTION.sub(" ", text)
+    text = _URL.sub(f" {URL_TOKEN} " if config.placeholder_tokens else " ", text)
+    text = _MENTION.sub(f" {USER_TOKEN} " if config.placeholder_tokens else " ", text)
     if config.emoticon_tokens:
         text = _POS_EMOTICON.sub(f" {POS_EMOTICON_TOKEN} ", text)
         text = _NEG_EMOTICON.sub(f" {NEG_EMOTICON_TOKEN} ", text)
+    if config.emoji_tokens:
+        text = _POS_EMOJI.sub(f" {POS_EMOTICON_TOKEN} ", text)
+        text = _NEG_EMOJI.sub(f" {NEG_EMOTICON_TOKEN} ", text)
     text = _HASHTAG.sub(r" \1 ", text)
     text = _NOT.sub(_negate, text)
     text = text.lower()
+    if config.punctuation_tokens:
+        text = _REPEATED_MARKS.sub(r" \1 ", text)
     if config.max_repeat > 0:
         text = _ELONGATED.sub(lambda m: m.group(1) * config.max_repeat, text)
     tokens = []
     for token in _TOKEN.findall(text):
         token = token.strip("'")
-        if not token:
+        if not token or (token in "!?" and not config.punctuation_tokens):
             continue
         if config.number_token and _NUMBER.match(token):
             token = NUMBER_TOKEN

@@ -1,1 +1,292 @@
-"""Fixtures for the stream tests."""
+"""Fixtures for the stream tests: a fake predictor, an in-memory sink, tables, the fake X API, model_svc."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import grpc
+import pytest
+from aiohttp import web
+
+from model_svc.client import Prediction
+from scripts.local_aws import LocalAws
+from sentiment.errors import InvalidInput
+from stream_svc.sink import Item, WriteFailure, create_table
+from stream_svc.tweets import SourceEvent
+from tests.fake_x_api import FakeXApi
+
+POSITIVE_HINTS = ("love", "great", "happy", "awesome", "amazing", "wonderful", "best", "fun", "glad")
+
+
+class FakePredictor:
+    """Labels by keyword; `reject` marks texts answered INVALID_ARGUMENT-style; `batches` records sizes."""
+
+    def __init__(self, reject: str = "", fail_with: BaseException | None = None) -> None:
+        self.reject = reject
+        self.fail_with = fail_with
+        self.batches: list[list[str]] = []
+        self.batch_seen = asyncio.Event()
+        self.retries = 0
+
+    async def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        self.batches.append(list(texts))
+        self.batch_seen.set()
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.reject and any(self.reject in t for t in texts):
+            raise InvalidInput(f"text contains {self.reject!r}")
+        out = []
+        for text in texts:
+            positive = any(word in text.lower() for word in POSITIVE_HINTS)
+            out.append(Prediction("POSITIVE" if positive else "NEGATIVE", 0.9 if positive else 0.1, "fake-1"))
+        return out
+
+
+class MemorySink:
+    """Items by id; `gate` (set by default) holds every write while cleared; `fail_ids` never land."""
+
+    def __init__(self, fail_ids: Sequence[str] = ()) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+        self.fail_ids = set(fail_ids)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.closed = False
+
+    async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
+        await self.gate.wait()
+        self.writes += 1
+        failures = []
+        for item in items:
+            if item["id"] in self.fail_ids:
+                failures.append(WriteFailure(item, "ValidationException: refused by the test"))
+            else:
+                self.items[str(item["id"])] = dict(item)
+        return failures
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class RecordingSink:
+    """Delegates to another sink and records the ids that landed (to wait on, without polling the table)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.landed: set[str] = set()
+
+    @property
+    def retries(self) -> int:
+        return int(getattr(self.inner, "retries", 0))
+
+    async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
+        failures = await self.inner.write(items)
+        failed = {str(f.item["id"]) for f in failures}
+        self.landed.update(str(i["id"]) for i in items if str(i["id"]) not in failed)
+        return failures
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ListSource:
+    """A source fed by the test: `push(events)`, `finish()`; counts what the pipeline has taken."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[SourceEvent | None] = asyncio.Queue()
+        self.taken = 0
+
+    def push(self, events: Sequence[SourceEvent]) -> None:
+        for event in events:
+            self.queue.put_nowait(event)
+
+    def finish(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[SourceEvent]:
+        while (event := await self.queue.get()) is not None:
+            self.taken += 1
+            yield event
+
+    async def aclose(self) -> None:
+        self.finish()
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    """Poll `condition` every 10 ms (for state that has no event of its own); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+def unavailable(details: str = "model_svc is down") -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+
+
+def table_items(table: str) -> dict[str, dict[str, Any]]:
+    """The table's items in DynamoDB's typed JSON ({"S": ...}, {"N": ...}), by id."""
+    client = boto3.client("dynamodb")
+    items: dict[str, dict[str, Any]] = {}
+    for page in client.get_paginator("scan").paginate(TableName=table):
+        for item in page["Items"]:
+            items[item["id"]["S"]] = item
+    return items
+
+
+@pytest.fixture
+async def stream_table(aws: LocalAws) -> str:
+    """A fresh analysis table (partition key `id`) on the local endpoint."""
+    name = f"tweets-{uuid.uuid4().hex[:10]}"
+    assert await create_table(name)
+    return name
+
+
+@pytest.fixture
+async def fake_x() -> AsyncIterator[Callable[..., Awaitable[FakeXApi]]]:
+    """A factory of started fake X API servers, all stopped at the end of the test."""
+    servers: list[FakeXApi] = []
+
+    async def make(**kwargs: Any) -> FakeXApi:
+        server = FakeXApi(**kwargs)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+def dead_letter_path(tmp_path: Path) -> Path:
+    return tmp_path / "dead-letter.jsonl"
+
+
+THROTTLE_CODES = ("ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded")
+
+
+class DynamoFaultProxy:
+    """An HTTP proxy in front of the local DynamoDB endpoint that injects faults into BatchWriteItem.
+
+    The first `throttle` BatchWriteItem requests are answered 400 with a throttling error (the three codes
+    in turn) and never reach the table; the next `unprocessed` requests forward only their first half
+    and answer the rest as `UnprocessedItems`, as DynamoDB does under pressure. Everything else passes.
+    """
+
+    def __init__(self, upstream: str, throttle: int = 0, unprocessed: int = 0) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.throttle = throttle
+        self.unprocessed = unprocessed
+        self.throttled = 0
+        self.split = 0
+        self.batch_requests = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._session = aiohttp.ClientSession()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("X-Amz-Target", "").endswith(".BatchWriteItem"):
+            self.batch_requests += 1
+            if self.throttled < self.throttle:
+                code = THROTTLE_CODES[self.throttled % len(THROTTLE_CODES)]
+                self.throttled += 1
+                error = {
+                    "__type": f"com.amazonaws.dynamodb.v20120810#{code}",
+                    "message": "injected by the test",
+                }
+                return web.json_response(error, status=400, content_type="application/x-amz-json-1.0")
+            if self.split < self.unprocessed:
+                payload = json.loads(body)
+                (table, requests), *_ = payload["RequestItems"].items()
+                if len(requests) > 1:
+                    self.split += 1
+                    keep, hold = requests[: len(requests) // 2], requests[len(requests) // 2 :]
+                    payload["RequestItems"][table] = keep
+                    status, answer = await self._forward(request, json.dumps(payload).encode())
+                    parsed = json.loads(answer)
+                    parsed.setdefault("UnprocessedItems", {}).setdefault(table, []).extend(hold)
+                    return web.json_response(parsed, status=status, content_type="application/x-amz-json-1.0")
+        status, answer = await self._forward(request, body)
+        return web.Response(body=answer, status=status, content_type="application/x-amz-json-1.0")
+
+    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, data=body, headers=headers
+        ) as response:
+            return response.status, await response.read()
+
+
+@pytest.fixture
+async def dynamo_fault_proxy(aws: LocalAws) -> AsyncIterator[Callable[..., Awaitable[DynamoFaultProxy]]]:
+    proxies: list[DynamoFaultProxy] = []
+
+    async def make(**kwargs: Any) -> DynamoFaultProxy:
+        proxy = DynamoFaultProxy(aws.endpoint, **kwargs)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        await proxy.stop()
+
+
+def model_svc_config(store: Path, listen_addr: str = "127.0.0.1:0") -> Any:
+    from model_svc.config import ModelConfig
+
+    return ModelConfig(
+        store_uri=str(store), listen_addr=listen_addr, metrics_port=0, reload_interval_s=5.0, grace_s=1.0
+    )
+
+
+@pytest.fixture(scope="module")
+def stream_model_store(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local artifact store holding the tiny bundle as v1 (CURRENT), shared by a module's tests."""
+    import shutil
+
+    store = tmp_path_factory.mktemp("stream_model_store")
+    shutil.copytree(tiny_bundle_dir, store / "models" / "v1")
+    (store / "models" / "CURRENT").write_text("v1")
+    return store
+
+
+@pytest.fixture(scope="module")
+async def stream_model_server(stream_model_store: Path) -> AsyncIterator[Any]:
+    """A real model_svc on 127.0.0.1:<port>, serving the tiny bundle, for a module's read-only tests."""
+    from model_svc.server import start_server
+
+    server = await start_server(model_svc_config(stream_model_store))
+    yield server
+    await server.stop(0)

@@ -13,8 +13,18 @@ from sentiment.text import OOV_ID, TextConfig, Vocabulary, encode, tokenize
 
 
 def test_tokenize_strips_urls_mentions_and_keeps_negations() -> None:
-    tokens = tokenize("@bob I can't believe it!!! sooooo happy :) http://t.co/x #blessed &amp; 2009")
-    assert tokens == ["i", "can", "not", "believe", "it", "soo", "happy", "<smile>", "blessed", "<num>"]
+    text = "@bob I can't believe it!!! sooooo happy :) http://t.co/x #blessed &amp; 2009"
+    tokens = tokenize(text)
+    assert tokens == [
+        "<user>", "i", "can", "not", "believe", "it", "!", "soo", "happy", "<smile>", "<url>", "blessed", "<num>"
+    ]  # fmt: skip
+    assert tokenize("love it 😍 but 😢 why?!?") == ["love", "it", "<smile>", "but", "<sad>", "why", "?"]
+    # A bundle written before placeholders, marks and emojis existed keeps its tokens.
+    legacy = TextConfig.from_dict(
+        {"drop_stop_words": False, "emoticon_tokens": True, "number_token": True, "max_repeat": 2}
+    )
+    assert tokenize(text, legacy) == [t for t in tokens if t not in ("<user>", "!", "<url>")]
+    assert TextConfig.from_dict(TextConfig().to_dict()) == TextConfig()
     assert "not" in tokenize("this is not good", TextConfig(drop_stop_words=True))
     assert "is" not in tokenize("this is not good", TextConfig(drop_stop_words=True))
 

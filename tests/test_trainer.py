@@ -1,16 +1,55 @@
-"""The training recipe on generated tweets: it learns, and the bundle it writes verifies."""
+"""The training recipe on generated tweets: it learns, it is deterministic, and the bundle it writes verifies."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sentiment.bundle import MANIFEST_FILE, read_local_bundle
+from tests.conftest import TINY_PARAMS
+from train_svc.params import Recipe
+from train_svc.trainer import length_batches, train
 
 
 def test_tiny_model_learns_and_bundle_verifies(tiny_bundle_dir: Path) -> None:
     manifest = json.loads((tiny_bundle_dir / MANIFEST_FILE).read_text())
     assert manifest["metrics"]["accuracy"] >= 0.85, manifest["metrics"]
+    assert manifest["metrics"]["f1"] >= 0.85, manifest["metrics"]
     bundle = read_local_bundle(tiny_bundle_dir, "v1")
     assert bundle.preprocessing.sequence_length == 30
     assert len(bundle.vocabulary) > 20
+    # Every setting that shaped the model is on record.
+    assert manifest["params"] == TINY_PARAMS.to_dict()
+    assert manifest["recipe"] == Recipe().to_dict()
+    assert set(manifest["text"]) >= {"drop_stop_words", "emoticon_tokens", "number_token", "max_repeat"}
+    assert {"read_s", "word2vec_s", "fit_s", "tweets_per_s_per_epoch"} <= set(manifest["timings"])
+
+
+def test_padding_width_does_not_change_a_score(tiny_bundle_dir: Path) -> None:
+    import keras
+
+    model = keras.models.load_model(tiny_bundle_dir / "model.keras", compile=False)
+    ids = np.array([[0, 0, 5, 9, 3], [0, 0, 0, 7, 2]], dtype=np.int32)
+    wide = np.concatenate([np.zeros((2, 20), dtype=np.int32), ids], axis=1)
+    np.testing.assert_allclose(model.predict_on_batch(ids), model.predict_on_batch(wide), atol=1e-5)
+
+
+def test_length_batches_cover_every_row_once_and_group_similar_lengths() -> None:
+    lengths = np.random.default_rng(0).integers(1, 40, size=1000)
+    rows = np.arange(1000)
+    batches = length_batches(lengths, rows, 32, np.random.default_rng(1), bucketing=True)
+    assert sorted(np.concatenate(batches).tolist()) == rows.tolist()
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 10  # unsorted batches of 32 would span ~36
+    again = length_batches(lengths, rows, 32, np.random.default_rng(1), bucketing=True)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_same_seed_same_model(dataset_file: Path, tmp_path: Path) -> None:
+    params = TINY_PARAMS.with_overrides({"max_rows": 1000, "epochs": 2})
+    runs = [train(dataset_file, params, tmp_path / f"run{i}", progress=lambda event: None) for i in range(2)]
+    first, second = (run["metrics"] for run in runs)
+    assert abs(first["accuracy"] - second["accuracy"]) <= 0.005, (first, second)
+    assert abs(first["loss"] - second["loss"]) <= 0.005, (first, second)

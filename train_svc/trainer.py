@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,15 @@ from sentiment.bundle import MODEL_FILE, Preprocessing, Thresholds, write_bundle
 from sentiment.dataset import ReadStats, load_sample
 from sentiment.errors import InvalidDataset
 from sentiment.text import FIRST_WORD_ID, TextConfig, Vocabulary, encode, tokenize
-from train_svc.params import TrainParams
+from train_svc.params import DEFAULT_RECIPE, Recipe, TrainParams
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 TEST_SHARE = 0.2
 VALIDATION_SHARE = 0.1  # of what is left after the test split
+BUCKET_BATCHES = 16  # length bucketing sorts windows of this many batches
+PREDICT_BATCH = 4096
 
 
 class Cancelled(Exception):
@@ -58,6 +60,62 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def length_batches(
+    lengths: np.ndarray, rows: np.ndarray, batch_size: int, rng: np.random.Generator | None, bucketing: bool
+) -> list[np.ndarray]:
+    """Row indices cut into batches; with `bucketing`, rows of similar length share a batch.
+
+    With an `rng` the rows are shuffled, then sorted by length within windows of BUCKET_BATCHES
+    batches, and the batches shuffled again: each epoch differs, yet a batch rarely pads far beyond its
+    longest tweet. Without one the order is deterministic (validation, evaluation).
+    """
+    rows = rng.permutation(rows) if rng is not None else np.asarray(rows)
+    if not bucketing:
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    window = batch_size * BUCKET_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, len(rows), window):
+        chunk = rows[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _dataset(
+    x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int | None, bucketing: bool
+) -> Any:
+    """A tf.data pipeline of (ids, labels) batches, each cut to its longest tweet; reshuffled per epoch."""
+    import tensorflow as tf
+
+    lengths = np.count_nonzero(x, axis=1)
+    epoch = iter(range(1 << 30))
+    n_batches = len(length_batches(lengths, rows, batch_size, None, bucketing))
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = None if seed is None else np.random.default_rng([seed, next(epoch)])
+        for batch in length_batches(lengths, rows, batch_size, rng, bucketing):
+            width = max(1, int(lengths[batch].max())) if bucketing else x.shape[1]
+            yield x[batch, -width:], y[batch]
+
+    spec = (tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+
+
+def predict_scores(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Scores of every row, computed on length-sorted batches cut to their longest tweet."""
+    lengths = np.count_nonzero(x, axis=1)
+    order = np.argsort(lengths, kind="stable")
+    scores = np.zeros(len(x), dtype=np.float32)
+    for start in range(0, len(x), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(1, int(lengths[rows].max()))
+        scores[rows] = np.asarray(model.predict_on_batch(x[rows, -width:])).reshape(-1)
+    return scores
+
+
 def train(
     dataset_path: Path,
     params: TrainParams,
@@ -66,13 +124,15 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     text_config: TextConfig = TextConfig(),
     thresholds: Thresholds = Thresholds(),
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> dict[str, Any]:
     """Train, evaluate on the held-out split and write a bundle folder; returns the manifest fields.
 
-    Raises InvalidDataset for unusable data and Cancelled when `should_stop()` turns true.
+    Deterministic for a given `params.seed` and data. Raises InvalidDataset for unusable data and
+    Cancelled when `should_stop()` turns true.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     timings: dict[str, float] = {}
 
     def check_stop() -> None:
@@ -98,10 +158,11 @@ def train(
     w2v = Word2Vec(
         sentences=[tokens[i] for i in train_idx],
         vector_size=params.embedding_dim,
-        window=7,
+        window=recipe.w2v_window,
         min_count=params.w2v_min_count,
         epochs=params.w2v_epochs,
-        workers=max(1, len(os.sched_getaffinity(0))),
+        workers=recipe.w2v_workers,
+        max_final_vocab=recipe.w2v_max_vocabulary or None,
         seed=params.seed,
     )
     vocab = Vocabulary(list(w2v.wv.index_to_key))
@@ -117,7 +178,8 @@ def train(
 
     keras.utils.set_random_seed(params.seed)
     x = encode(tokens, vocab, params.sequence_length)
-    model = build_model(embedding, params)
+    model = build_model(embedding, params, recipe)
+    epochs_done = 0
 
     class Report(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -126,40 +188,57 @@ def train(
                 raise Cancelled("cancelled by request")
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            nonlocal epochs_done
+            epochs_done += 1
             logs = logs or {}
             progress(
                 {
                     "stage": "fit",
-                    "epoch": epoch + 1,
+                    "epoch": epochs_done,
                     "epochs": params.epochs,
                     "loss": float(logs.get("loss", 0.0)),
                     "accuracy": float(logs.get("val_accuracy", 0.0)),
                 }
             )
 
-    history = model.fit(
-        x[train_idx],
-        y[train_idx],
-        validation_data=(x[val_idx], y[val_idx]),
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[
-            Report(),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_lr=1e-4),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=3, restore_best_weights=True),
-        ],
-    )
+    def fit(epochs: int, seed: int, learning_rate: float, callbacks: list[Any]) -> dict[str, list[float]]:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=["accuracy"]
+        )
+        history = model.fit(
+            _dataset(x, y, train_idx, params.batch_size, seed, recipe.length_bucketing),
+            validation_data=_dataset(x, y, val_idx, params.batch_size, None, recipe.length_bucketing),
+            epochs=epochs,
+            shuffle=False,  # the dataset shuffles itself, seeded
+            verbose=0,
+            callbacks=[Report(), *callbacks],
+        )
+        return dict(history.history)
+
+    frozen_epochs = min(recipe.frozen_epochs, params.epochs)
+    if frozen_epochs:
+        fit(frozen_epochs, params.seed, recipe.learning_rate, [])
+    if params.epochs > frozen_epochs:
+        model.get_layer("word2vec").trainable = True  # recompiled by fit()
+        fit(
+            params.epochs - frozen_epochs,
+            params.seed + 1,
+            recipe.fine_tune_lr if frozen_epochs else recipe.learning_rate,
+            [
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_lr=1e-5),
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy", patience=recipe.early_stopping_patience, restore_best_weights=True
+                ),
+            ],
+        )
     timings["fit_s"] = time.monotonic() - t0
-    epochs_run = len(history.history.get("loss", []))
-    timings["tweets_per_s_per_epoch"] = len(train_idx) * epochs_run / max(timings["fit_s"], 1e-9)
+    timings["tweets_per_s_per_epoch"] = len(train_idx) * epochs_done / max(timings["fit_s"], 1e-9)
     check_stop()
 
     progress({"stage": "evaluate"})
     t0 = time.monotonic()
-    x_test, y_test = x[test_idx], y[test_idx]
-    scores = model.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
+    y_test = y[test_idx]
+    scores = predict_scores(model, x[test_idx])
     loss = float(keras.losses.binary_crossentropy(tf.constant(y_test), tf.constant(scores)).numpy())
     metrics = {
         **binary_metrics(y_test, scores),
@@ -168,6 +247,8 @@ def train(
         "test_rows": len(test_idx),
     }
     timings["evaluate_s"] = time.monotonic() - t0
+    # CPU seconds of every thread: on a shared machine, wall time says more about the neighbours.
+    timings["cpu_s"] = time.process_time() - cpu_started
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / MODEL_FILE)
@@ -175,10 +256,12 @@ def train(
     manifest = {
         "metrics": metrics,
         "params": params.to_dict(),
+        "recipe": recipe.to_dict(),
         "text": text_config.to_dict(),
         "thresholds": {"negative_max": thresholds.negative_max, "positive_min": thresholds.positive_min},
         "vocabulary_size": len(vocab),
-        "epochs_run": epochs_run,
+        "epochs_run": epochs_done,
+        "split": {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)},
         "dataset_rows": {
             "read": stats.rows_read,
             "malformed": stats.malformed_rows,
@@ -196,8 +279,12 @@ def train(
     return manifest
 
 
-def build_model(embedding: np.ndarray, params: TrainParams) -> Any:
-    """Frozen Word2Vec embedding -> Dropout 0.5 -> LSTM -> Dense sigmoid; ids 0 are masked padding."""
+def build_model(embedding: np.ndarray, params: TrainParams, recipe: Recipe = DEFAULT_RECIPE) -> Any:
+    """Word2Vec embedding (frozen until fine-tuning) -> Dropout -> LSTM -> Dense sigmoid.
+
+    Input: int32 token ids [batch, time]; id 0 is padding and is masked, so the padded width does not
+    change a score.
+    """
     import keras
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
@@ -205,13 +292,12 @@ def build_model(embedding: np.ndarray, params: TrainParams) -> Any:
         embedding.shape[0],
         embedding.shape[1],
         embeddings_initializer=keras.initializers.Constant(embedding),
-        trainable=True,
+        trainable=recipe.frozen_epochs == 0,
         mask_zero=True,
         name="word2vec",
     )(inputs)
-    x = keras.layers.Dropout(0.5)(x)
-    x = keras.layers.LSTM(params.lstm_units)(x)
+    x = keras.layers.Dropout(recipe.dropout)(x)
+    rnn = keras.layers.LSTM(params.lstm_units, name="lstm")
+    x = keras.layers.Bidirectional(rnn, name="bilstm")(x) if recipe.bidirectional else rnn(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
-    model = keras.Model(inputs, outputs, name="sentiment_lstm")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    return keras.Model(inputs, outputs, name="sentiment_lstm")

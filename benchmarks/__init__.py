@@ -1,0 +1,1 @@
+"""Measured figures: training, predict and stream benchmarks (`make bench`)."""

@@ -1,0 +1,63 @@
+"""model_svc configuration: one frozen dataclass read from the environment at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sentiment.config import Environ, available_cpus, env_float, env_int, env_str
+from sentiment.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    store_uri: str
+    listen_addr: str = "[::]:50052"
+    model_dir: str = ""  # local bundle cache; "" = a temporary directory
+    reload_interval_s: float = 10.0
+    batch_max_size: int = 256
+    batch_max_wait_s: float = 0.002
+    queue_max_texts: int = 4096
+    max_text_chars: int = 1000
+    max_batch_texts: int = 1024
+    intra_op_threads: int = field(default_factory=available_cpus)
+    inter_op_threads: int = field(default_factory=available_cpus)
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    metrics_port: int = 8002  # 0 = off
+    grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.queue_max_texts < self.max_batch_texts:
+            raise ConfigError(
+                f"QUEUE_MAX_TEXTS={self.queue_max_texts} must be >= MAX_BATCH_TEXTS={self.max_batch_texts}, "
+                "or a full PredictBatch could never be admitted"
+            )
+        if bool(self.tls_cert_path) != bool(self.tls_key_path):
+            raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Room for the largest valid PredictBatch (4 UTF-8 bytes a character) and 1 MiB of headroom."""
+        return self.max_batch_texts * (self.max_text_chars * 4 + 16) + (1 << 20)
+
+    @classmethod
+    def from_env(cls, environ: Environ) -> ModelConfig:
+        return cls(
+            store_uri=env_str(environ, "STORE_URI"),
+            listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
+            model_dir=environ.get("MODEL_DIR", ""),
+            reload_interval_s=env_float(environ, "RELOAD_INTERVAL_S", cls.reload_interval_s, minimum=0.01),
+            batch_max_size=env_int(environ, "BATCH_MAX_SIZE", cls.batch_max_size, minimum=1),
+            batch_max_wait_s=env_float(environ, "BATCH_MAX_WAIT_S", cls.batch_max_wait_s, minimum=0.0),
+            queue_max_texts=env_int(environ, "QUEUE_MAX_TEXTS", cls.queue_max_texts, minimum=1),
+            max_text_chars=env_int(environ, "MAX_TEXT_CHARS", cls.max_text_chars, minimum=1),
+            max_batch_texts=env_int(environ, "MAX_BATCH_TEXTS", cls.max_batch_texts, minimum=1),
+            intra_op_threads=env_int(environ, "TF_INTRA_OP_THREADS", available_cpus(), minimum=1),
+            inter_op_threads=env_int(environ, "TF_INTER_OP_THREADS", available_cpus(), minimum=1),
+            tls_cert_path=environ.get("TLS_CERT_PATH", ""),
+            tls_key_path=environ.get("TLS_KEY_PATH", ""),
+            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
+            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
+            log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
+        )

@@ -1,0 +1,177 @@
+"""A bundle loaded for serving: the Keras model behind one compiled tf.function, plus its text pipeline.
+
+`predict_texts` is what the inference thread runs for each batch: tokenize with the bundle's settings,
+group the texts by token count so short tweets are not padded to long ones, and score each group with
+the compiled function. The model masks id 0, so the padding width does not change a score.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sentiment.bundle import LocalBundle, Thresholds
+from sentiment.text import encode, tokenize
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+# Default cost model of one compiled call, in "row-steps" (one text through one LSTM step): a call costs
+# about 1000 row-steps and a time step about 60 whatever the batch (measured on the tiny test model).
+# `LoadedModel.warm` measures the model it loads and replaces these.
+CALL_COST = 1000.0
+STEP_COST = 60.0
+
+
+def configure_threads(intra_op: int, inter_op: int) -> bool:
+    """Size TensorFlow's thread pools to the container; must run before the first TF op.
+
+    Returns False (and logs) when TF was already initialised in this process, e.g. by an earlier server.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        current = (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+        if current != (intra_op, inter_op):
+            log.warning(
+                "TensorFlow already initialised with intra/inter op threads %s; keeping them", current
+            )
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One text's result: the sigmoid score, its label and the version that computed it."""
+
+    label: str
+    score: float
+    model_version: str
+
+
+def group_by_length(
+    lengths: Sequence[int], call_cost: float = CALL_COST, step_cost: float = STEP_COST
+) -> list[np.ndarray]:
+    """Indices of `lengths` split into groups of similar length, each to be padded to its longest.
+
+    Sorted by length, then cut so that sum(call_cost + width * (step_cost + rows)) over the groups is least
+    (dynamic programming over the distinct lengths, at most sequence_length of them).
+    """
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    sorted_lengths = np.asarray(lengths, dtype=np.int64)[order]
+    widths, starts = np.unique(sorted_lengths, return_index=True)
+    ends = np.append(starts[1:], len(sorted_lengths))
+    n = len(widths)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):  # groups end at distinct length j-1 (padded to widths[j-1])
+        width = max(int(widths[j - 1]), 1)
+        for i in range(j):  # the group spans distinct lengths i..j-1
+            rows = ends[j - 1] - starts[i]
+            cost = best[i] + call_cost + width * (step_cost + rows)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups = []
+    j = n
+    while j > 0:
+        i = int(cut[j])
+        groups.append(order[starts[i] : ends[j - 1]])
+        j = i
+    return groups[::-1]
+
+
+class LoadedModel:
+    """A verified bundle in memory. Thread-safe to call; the server calls it from one thread."""
+
+    def __init__(self, bundle: LocalBundle) -> None:
+        import keras
+
+        started = time.monotonic()
+        self.bundle = bundle
+        self.version = bundle.version
+        self.thresholds: Thresholds = bundle.preprocessing.thresholds
+        self.sequence_length = bundle.preprocessing.sequence_length
+        self._text_config = bundle.preprocessing.text
+        self._vocabulary = bundle.vocabulary
+        self.keras_model: Any = keras.models.load_model(bundle.model_path, compile=False)
+        model = self.keras_model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def scores(ids: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(model(ids, training=False), [-1])
+
+        self._scores = scores
+        self.call_cost, self.step_cost = CALL_COST, STEP_COST
+        self.load_s = time.monotonic() - started
+
+    def warm(self) -> float:
+        """Trace the compiled function, run it at a few shapes and fit the grouping cost model to it.
+
+        Done before the model is swapped in, so no caller pays for a first call.
+        """
+        started = time.monotonic()
+        length, rows = max(self.sequence_length, 2), 256
+
+        def best_of(n: int, width: int) -> float:
+            ids = np.ones((n, width), dtype=np.int32)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                self.score_ids(ids)
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        one_short, one_long, many_long = best_of(1, 1), best_of(1, length), best_of(rows, length)
+        row = (many_long - one_long) / ((rows - 1) * length)
+        step = (one_long - one_short) / (length - 1) - row
+        call = one_short - step - row
+        if row > 0 and step > 0 and call > 0:
+            self.call_cost, self.step_cost = call / row, step / row
+        log.debug(
+            "cost model of %s: call %.0f, step %.0f row-steps", self.version, self.call_cost, self.step_cost
+        )
+        return time.monotonic() - started
+
+    def score_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Scores of an int32 id matrix (pre-padded with 0), through the compiled function."""
+        result: np.ndarray = self._scores(tf.constant(ids, dtype=tf.int32)).numpy()
+        return result
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Sigmoid score of each text, computed in groups of similar token count."""
+        config, vocabulary, limit = self._text_config, self._vocabulary, self.sequence_length
+        tokens = [tokenize(text, config) for text in texts]
+        lengths = [min(len(t), limit) for t in tokens]
+        out = np.empty(len(texts), dtype=np.float32)
+        for group in group_by_length(lengths, self.call_cost, self.step_cost):
+            width = max(lengths[i] for i in group)
+            out[group] = self.score_ids(encode([tokens[i] for i in group], vocabulary, limit, pad_to=width))
+        return out
+
+    def predict_texts(self, texts: Sequence[str]) -> list[Scored]:
+        """Label, score and version for each text, in order."""
+        label = self.thresholds.label
+        version = self.version
+        return [Scored(label(s), s, version) for s in self.scores(texts).tolist()]
+
+    def reference_scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores the plain ways, for tests: (each text alone through the compiled function, and all texts
+        through Keras `predict`), both padded to the full sequence length with no length grouping."""
+        config, vocabulary, limit = self._text_config, self._vocabulary, self.sequence_length
+        matrix = encode([tokenize(t, config) for t in texts], vocabulary, limit)
+        one_by_one = np.array([self.score_ids(matrix[i : i + 1])[0] for i in range(len(texts))])
+        keras_scores = self.keras_model.predict(matrix, batch_size=len(texts), verbose=0).reshape(-1)
+        return one_by_one, keras_scores

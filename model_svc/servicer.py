@@ -1,0 +1,127 @@
+"""PredictService: protos in, domain calls, protos out. Errors become status codes in `map_errors`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from model_svc import metrics
+from model_svc.batcher import DeadlineExpired
+from model_svc.model import LoadedModel, Scored
+from model_svc.predictor import Predictor
+from protos import common_pb2, predict_pb2, predict_pb2_grpc
+from sentiment.errors import ModelNotReady
+from sentiment.rpc import map_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SERVICE_NAME = predict_pb2.DESCRIPTOR.services_by_name["PredictService"].full_name
+
+
+def observed(method: F) -> F:
+    """Count each RPC by method and final status code and time it (outside `map_errors`)."""
+    rpc = method.__name__
+    latency = metrics.LATENCY.labels(rpc)
+    ok = metrics.REQUESTS.labels(rpc, "OK")  # looked up once: the hot path's only label set
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            status = context.code()
+            code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            (ok if code == "OK" else metrics.REQUESTS.labels(rpc, code)).inc()
+            latency.observe(time.perf_counter() - started)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline on the time.monotonic() clock, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _to_proto(result: Scored) -> predict_pb2.Prediction:
+    return predict_pb2.Prediction(
+        label=predict_pb2.Label.Value(result.label), score=result.score, model_version=result.model_version
+    )
+
+
+class PredictService(predict_pb2_grpc.PredictServiceServicer):
+    def __init__(self, predictor: Predictor, current_version: Callable[[], str | None]) -> None:
+        self._predictor = predictor
+        self._current_version = current_version
+
+    @observed
+    @map_errors
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.Prediction:
+        try:
+            result = await self._predictor.predict(request.text, _deadline(context))
+        except DeadlineExpired as exc:
+            metrics.EXPIRED.inc()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        return _to_proto(result)
+
+    @observed
+    @map_errors
+    async def PredictBatch(
+        self, request: predict_pb2.PredictBatchRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictBatchResponse:
+        try:
+            results = await self._predictor.predict_batch(request.texts, _deadline(context))
+        except DeadlineExpired as exc:
+            metrics.EXPIRED.inc(len(request.texts))
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        return predict_pb2.PredictBatchResponse(predictions=[_to_proto(r) for r in results])
+
+    @observed
+    @map_errors
+    async def GetModel(
+        self, request: predict_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.ModelInfo:
+        model = self._predictor.model
+        if model is None:
+            raise ModelNotReady("no model loaded")
+        return model_info(model, current=model.version == self._current_version())
+
+
+def model_info(model: LoadedModel, current: bool) -> common_pb2.ModelInfo:
+    """ModelInfo of a loaded bundle, from its manifest (fields a manifest lacks stay unset)."""
+    manifest = model.bundle.manifest
+    quality = common_pb2.Metrics()
+    for name, value in (manifest.get("metrics") or {}).items():
+        field = quality.DESCRIPTOR.fields_by_name.get(name)
+        if field is not None and isinstance(value, int | float):
+            setattr(quality, name, int(value) if field.cpp_type == field.CPPTYPE_INT64 else float(value))
+    info = common_pb2.ModelInfo(
+        version=model.version,
+        metrics=quality,
+        thresholds=common_pb2.Thresholds(
+            negative_max=model.thresholds.negative_max, positive_min=model.thresholds.positive_min
+        ),
+        dataset_uri=(manifest.get("dataset") or {}).get("uri", "") or manifest.get("dataset_uri", ""),
+        current=current,
+        sequence_length=model.sequence_length,
+        vocabulary_size=len(model.bundle.vocabulary),
+    )
+    created_at = manifest.get("created_at")
+    if isinstance(created_at, str) and created_at:
+        info.created_at.FromDatetime(datetime.fromisoformat(created_at.replace("Z", "+00:00")))
+    return info

@@ -1,0 +1,1 @@
+"""stream_svc: tweets from the X API v2 filtered stream or a replay file -> clean -> PredictBatch -> DynamoDB."""

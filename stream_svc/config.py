@@ -1,0 +1,77 @@
+"""stream_svc configuration: one frozen dataclass read from environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sentiment.config import Environ, env_float, env_int, env_str
+from sentiment.errors import ConfigError
+
+SOURCES = ("x", "replay")
+X_API_BASE_URL = "https://api.twitter.com"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    model_target: str = "dns:///model-svc-headless:50052"
+    source: str = "x"  # x | replay
+    replay_path: str = ""
+    replay_rate: float = 0.0  # tweets/s; 0 = as fast as the pipeline takes them
+    x_bearer_token: str = ""
+    x_rules: tuple[str, ...] = ()
+    x_api_base_url: str = X_API_BASE_URL
+    dynamodb_table: str = "tweet_sentiment"
+    batch_size: int = 64
+    batch_max_wait_s: float = 0.05
+    predict_concurrency: int = 4
+    write_concurrency: int = 8
+    predict_timeout_s: float = 10.0
+    dead_letter_path: str = "dead-letter.jsonl"
+    metrics_port: int = 8003
+    tls_ca_path: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Environ, require_source: bool = True) -> StreamConfig:
+        """Read every variable; a missing or malformed one raises ConfigError naming it.
+
+        `require_source=False` skips the checks of the source's own variables (for `create-table`, `report`).
+        """
+        source = env_str(environ, "SOURCE", cls.source).strip().lower()
+        if source not in SOURCES:
+            raise ConfigError(f"SOURCE={source!r} must be one of {', '.join(SOURCES)}")
+        rules = tuple(r.strip() for r in environ.get("X_RULES", "").split(";") if r.strip())
+        config = cls(
+            model_target=env_str(environ, "MODEL_TARGET", cls.model_target),
+            source=source,
+            replay_path=environ.get("REPLAY_PATH", ""),
+            replay_rate=env_float(environ, "REPLAY_RATE", cls.replay_rate, minimum=0.0),
+            x_bearer_token=environ.get("X_BEARER_TOKEN", ""),
+            x_rules=rules,
+            x_api_base_url=env_str(environ, "X_API_BASE_URL", cls.x_api_base_url).rstrip("/"),
+            dynamodb_table=env_str(environ, "DYNAMODB_TABLE", cls.dynamodb_table),
+            batch_size=env_int(environ, "BATCH_SIZE", cls.batch_size, minimum=1),
+            batch_max_wait_s=env_float(environ, "BATCH_MAX_WAIT_S", cls.batch_max_wait_s, minimum=0.0),
+            predict_concurrency=env_int(environ, "PREDICT_CONCURRENCY", cls.predict_concurrency, minimum=1),
+            write_concurrency=env_int(environ, "WRITE_CONCURRENCY", cls.write_concurrency, minimum=1),
+            predict_timeout_s=env_float(environ, "PREDICT_TIMEOUT_S", cls.predict_timeout_s, minimum=0.001),
+            dead_letter_path=env_str(environ, "DEAD_LETTER_PATH", cls.dead_letter_path),
+            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
+            tls_ca_path=environ.get("TLS_CA_PATH", ""),
+            log_level=env_str(environ, "LOG_LEVEL", cls.log_level).upper(),
+        )
+        if require_source:
+            config.check_source()
+        return config
+
+    def check_source(self) -> None:
+        """The variables the chosen source needs are set (the `report` command needs none of them)."""
+        if self.source == "replay" and not self.replay_path:
+            raise ConfigError("REPLAY_PATH is required when SOURCE=replay")
+        if self.source == "x":
+            if not self.x_bearer_token:
+                raise ConfigError("X_BEARER_TOKEN is required when SOURCE=x")
+            if not self.x_rules:
+                raise ConfigError("X_RULES is required when SOURCE=x (rules separated by ';')")
+        if not self.x_api_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"X_API_BASE_URL={self.x_api_base_url!r} must start with http:// or https://")

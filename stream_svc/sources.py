@@ -1,0 +1,293 @@
+"""Tweet sources, each an async iterator of Tweet | Malformed: the X API v2 filtered stream and replay files.
+
+A source never stops on a bad message: it yields `Malformed(kind)` and goes on. `aclose()` asks it to stop;
+iteration then ends after what it has already taken in, so nothing read is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from tweepy import StreamRule
+from tweepy.asynchronous import AsyncStreamingClient
+from tweepy.asynchronous.streaming import AsyncBaseStream
+
+from sentiment.dataset import ReadStats, iter_tweets, parse_twitter_date
+from stream_svc.config import X_API_BASE_URL
+from stream_svc.tweets import Malformed, SourceEvent, Tweet
+
+log = logging.getLogger(__name__)
+
+# What the filtered stream is asked for: the author's username and the tweet's date.
+STREAM_PARAMS: dict[str, Any] = {"expansions": ["author_id"], "tweet_fields": ["created_at"]}
+_READ_CHUNK = 512  # lines a replay file hands over per trip to its reader thread
+
+
+class Source(Protocol):
+    """An async iterator of tweets (and malformed-message records) with a way to stop it."""
+
+    def __aiter__(self) -> AsyncIterator[SourceEvent]: ...
+
+    async def aclose(self) -> None:
+        """Stop taking in tweets; iteration ends once what was already taken in has been yielded."""
+        ...
+
+
+def parse_message(raw: bytes | str) -> SourceEvent:
+    """One X API v2 stream message (`{"data": tweet, "includes": {"users": [...]}}`) as a Tweet.
+
+    Unknown extra keys are tolerated (X adds fields over time); a missing text or id, or a field of the
+    wrong type, is Malformed with a stable kind.
+    """
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return Malformed("invalid_json", _excerpt(raw))
+    if not isinstance(message, dict):
+        return Malformed("not_an_object", _excerpt(raw))
+    data = message.get("data")
+    if data is None:
+        if "errors" in message:  # X's operational messages (e.g. a forced disconnect) carry only errors
+            return Malformed("error_message", _excerpt(json.dumps(message["errors"])))
+        return Malformed("no_data", _excerpt(raw))
+    if not isinstance(data, dict):
+        return Malformed("unexpected_field", "data is not an object")
+    text = data.get("text")
+    if text is None or text == "":
+        return Malformed("no_text", f"tweet {data.get('id')}")
+    if not isinstance(text, str):
+        return Malformed("unexpected_field", "text is not a string")
+    tweet_id = data.get("id")
+    if isinstance(tweet_id, int) and not isinstance(tweet_id, bool):
+        tweet_id = str(tweet_id)
+    if not isinstance(tweet_id, str) or not tweet_id:
+        return Malformed("no_id", _excerpt(raw))
+    created_at = data.get("created_at", "")
+    if not isinstance(created_at, str):
+        return Malformed("unexpected_field", "created_at is not a string")
+    user = _username(message.get("includes"), data.get("author_id"))
+    if user is None:
+        return Malformed("unexpected_field", "includes.users is not a list of objects")
+    return Tweet(id=tweet_id, user=user, text=text, date=created_at)
+
+
+def _username(includes: Any, author_id: Any) -> str | None:
+    """The author's username from `includes.users`; the author id when absent; None when malformed."""
+    fallback = str(author_id) if author_id is not None else ""
+    if includes is None:
+        return fallback
+    if not isinstance(includes, Mapping):
+        return None
+    users = includes.get("users", [])
+    if not isinstance(users, list) or not all(isinstance(u, Mapping) for u in users):
+        return None
+    for user in users:
+        if user.get("id") == author_id and isinstance(user.get("username"), str):
+            return str(user["username"])
+    return fallback
+
+
+def _excerpt(raw: bytes | str, limit: int = 120) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return text[:limit]
+
+
+class ReplaySource:
+    """Tweets from a file: JSONL of X API v2 stream messages, or a Sentiment140 CSV (.csv / .csv.gz).
+
+    `rate` > 0 paces the replay at that many tweets per second; 0 goes as fast as the consumer takes them.
+    The file is read in chunks in a worker thread, so a large or gzipped file never blocks the event loop.
+    """
+
+    def __init__(self, path: str | Path, rate: float = 0.0) -> None:
+        self.path = Path(path)
+        self.rate = rate
+        self.csv_stats = ReadStats()
+        self._stopped = asyncio.Event()
+
+    def _events(self) -> Generator[SourceEvent, None, None]:
+        name = self.path.name.lower()
+        if name.endswith((".csv", ".csv.gz")):
+            for row in iter_tweets(self.path, self.csv_stats):
+                if not row.id:  # the table is keyed by id
+                    yield Malformed("no_id", row.text[:120])
+                    continue
+                yield Tweet(id=row.id, user=row.user, text=row.text, date=parse_twitter_date(row.date))
+            return
+        with self.path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    yield parse_message(line)
+
+    async def __aiter__(self) -> AsyncIterator[SourceEvent]:
+        events = self._events()
+        started = time.monotonic()
+        sent = 0
+        try:
+            while not self._stopped.is_set():
+                chunk = await asyncio.to_thread(lambda: list(islice(events, _READ_CHUNK)))
+                if not chunk:
+                    return
+                for event in chunk:
+                    if self._stopped.is_set():
+                        return
+                    if self.rate > 0:
+                        delay = started + sent / self.rate - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    sent += 1
+                    yield event
+        finally:
+            events.close()
+
+    async def aclose(self) -> None:
+        self._stopped.set()
+
+
+class _RebasedSession:
+    """An aiohttp session that sends tweepy's hard-coded `https://api.twitter.com` calls to `base_url`."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:
+        url = str(url)
+        if url.startswith(X_API_BASE_URL):
+            url = self._base_url + url[len(X_API_BASE_URL) :]
+        return self._session.request(method, url, **kwargs)
+
+
+class XStreamClient(AsyncStreamingClient):
+    """tweepy's AsyncStreamingClient with a configurable API host, bridged into a bounded asyncio.Queue.
+
+    tweepy keeps its reconnect and backoff; each message is parsed here and put on `queue`, so a slow
+    pipeline stops tweepy reading the socket (backpressure down to TCP). A message whose `put` was
+    interrupted by `disconnect()` is kept in `leftover`, not lost.
+    """
+
+    def __init__(
+        self,
+        bearer_token: str,
+        queue: asyncio.Queue[SourceEvent],
+        base_url: str = X_API_BASE_URL,
+        max_retries: float = math.inf,
+    ) -> None:
+        super().__init__(bearer_token, max_retries=max_retries)
+        self.base_url = base_url.rstrip("/")
+        self.queue = queue
+        self.leftover: list[SourceEvent] = []
+        self.connects = 0
+        self.session: Any = None
+
+    async def _connect(self, method: str, endpoint: str, **kwargs: Any) -> None:  # type: ignore[override]
+        url = f"{self.base_url}/2/tweets/{endpoint}/stream"
+        headers = {"Authorization": f"Bearer {self.bearer_token}"}
+        await AsyncBaseStream._connect(self, method, url, headers=headers, **kwargs)
+
+    async def request(  # type: ignore[override]
+        self, method: str, route: str, params: Any = None, json: Any = None, user_auth: bool = False
+    ) -> Any:
+        """tweepy's REST call (the rules endpoints) with the host swapped; not used while streaming."""
+        async with aiohttp.ClientSession() as session:
+            previous, self.session = self.session, _RebasedSession(session, self.base_url)
+            try:
+                return await super().request(method, route, params=params, json=json, user_auth=user_auth)
+            finally:
+                self.session = previous
+
+    async def on_connect(self) -> None:
+        self.connects += 1
+        log.info("X stream connected (connection %d)", self.connects)
+
+    async def on_data(self, raw_data: bytes) -> None:
+        # Replaces tweepy's on_data, whose json.loads would end the stream on one invalid message.
+        event = parse_message(raw_data)
+        try:
+            await self.queue.put(event)
+        except asyncio.CancelledError:
+            self.leftover.append(event)
+            raise
+
+
+async def sync_rules(client: AsyncStreamingClient, wanted: Sequence[str]) -> tuple[int, int]:
+    """Make the stream's rules exactly `wanted`: delete stale ones, add missing ones. Returns (added, deleted)."""
+    response = await client.get_rules()
+    existing: list[StreamRule] = list(response.data or [])
+    stale = [rule.id for rule in existing if rule.value not in wanted]
+    present = {rule.value for rule in existing}
+    missing = [StreamRule(value=value) for value in dict.fromkeys(wanted) if value not in present]
+    if stale:
+        await client.delete_rules(stale)
+    if missing:
+        added = await client.add_rules(missing)
+        if added.errors:
+            raise ValueError(f"X rejected stream rules: {added.errors}")
+    log.info("X stream rules synced: %d added, %d deleted", len(missing), len(stale))
+    return len(missing), len(stale)
+
+
+class XStreamSource:
+    """The X API v2 filtered stream: rules synced at start, `expansions=author_id`, `tweet.fields=created_at`.
+
+    `failed` is set when the stream ended on its own (tweepy gave up or hit an unexpected error) rather
+    than through `aclose()`.
+    """
+
+    def __init__(
+        self,
+        bearer_token: str,
+        rules: Sequence[str],
+        base_url: str = X_API_BASE_URL,
+        queue_size: int = 1000,
+        max_retries: float = math.inf,
+    ) -> None:
+        self.rules = list(rules)
+        self.queue: asyncio.Queue[SourceEvent] = asyncio.Queue(maxsize=queue_size)
+        self.client = XStreamClient(bearer_token, self.queue, base_url, max_retries)
+        self.failed = False
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aiter__(self) -> AsyncIterator[SourceEvent]:
+        await sync_rules(self.client, self.rules)
+        if self._closing:
+            return
+        self._task = task = self.client.filter(**STREAM_PARAMS)
+        try:
+            while True:
+                if task.done() and self.queue.empty():
+                    break
+                getter = asyncio.ensure_future(self.queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            for event in self.client.leftover:
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+        if not self._closing:
+            self.failed = True
+            log.error("X stream ended without being asked to stop")
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self.client.disconnect()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,102 @@
+"""PredictClient: its interface, retries through a server restart, non-retryable errors, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from model_svc.client import PredictClient, Prediction, RetryPolicy
+from sentiment.synthetic import CLEARLY_NEGATIVE, CLEARLY_POSITIVE
+
+FAST_RETRY = RetryPolicy(attempts=12, initial_backoff_s=0.05, max_backoff_s=0.5)
+
+
+async def test_predict_batch_and_predict(model_server: Any) -> None:
+    async with PredictClient(f"dns:///127.0.0.1:{model_server.port}") as client:
+        results = await client.predict_batch([CLEARLY_POSITIVE[1], CLEARLY_NEGATIVE[1]])
+        single = await client.predict(CLEARLY_POSITIVE[1])
+    assert all(isinstance(r, Prediction) for r in results)
+    assert results[0].score > 0.5 > results[1].score
+    assert results[1].label in ("NEGATIVE", "NEUTRAL") and results[0].model_version == "v1"
+    assert single == results[0]
+
+
+async def test_invalid_argument_is_not_retried(model_server: Any) -> None:
+    async with PredictClient(f"127.0.0.1:{model_server.port}", retry=FAST_RETRY) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.predict_batch(["fine", ""])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.retries == 0
+
+
+async def test_the_client_retries_through_a_server_restart(
+    model_store: Path, start_model_server: Callable[..., Any]
+) -> None:
+    first = await start_model_server(model_store)
+    port = first.port
+    async with PredictClient(f"dns:///127.0.0.1:{port}", timeout_s=5, retry=FAST_RETRY) as client:
+        assert (await client.predict("before the restart")).model_version == "v1"
+        await first.stop(0)
+        call = asyncio.ensure_future(client.predict_batch(["during the restart", "still there"]))
+        done, _ = await asyncio.wait([call], timeout=0.3)
+        assert not done, "no server: the call is retrying"
+        await start_model_server(model_store, listen_addr=f"127.0.0.1:{port}")
+        results = await asyncio.wait_for(call, 30)
+    assert [r.model_version for r in results] == ["v1", "v1"]
+    assert client.retries >= 1
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost / 127.0.0.1, generated now; returns (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls(model_store: Path, tmp_path: Path, start_model_server: Callable[..., Any]) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = await start_model_server(model_store, tls_cert_path=str(cert), tls_key_path=str(key))
+    async with PredictClient(f"localhost:{server.port}", root_certificates=cert.read_bytes()) as client:
+        (result,) = await client.predict_batch([CLEARLY_NEGATIVE[1]])
+    assert result.model_version == "v1" and result.score < 0.5
+    no_retry = RetryPolicy(attempts=1)
+    async with PredictClient(f"127.0.0.1:{server.port}", timeout_s=2, retry=no_retry) as plaintext:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await plaintext.predict("plaintext to a TLS port")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,83 @@
+"""`python -m train_svc` as a real process: configuration, SERVING, metrics, NOT_SERVING and exit 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import train_pb2, train_pb2_grpc
+from scripts.local_aws import free_port
+from sentiment.errors import ConfigError
+from train_svc.config import TrainConfig
+
+
+def test_config_defaults_and_errors_name_the_key() -> None:
+    config = TrainConfig.from_env({"STORE_URI": "s3://bucket/prefix"})
+    assert config.listen_addr == "[::]:50051" and config.metrics_port == 8001
+    assert config.auth_token == "" and config.dataset_uri == "" and config.work_dir == ""
+    bad = [
+        ({}, "STORE_URI"),
+        ({"STORE_URI": "gs://bucket"}, "STORE_URI"),
+        ({"STORE_URI": "/tmp/s", "DATASET_URI": "http://x/y.csv"}, "DATASET_URI"),
+        ({"STORE_URI": "/tmp/s", "METRICS_PORT": "eighty"}, "METRICS_PORT"),
+        ({"STORE_URI": "/tmp/s", "GRACE_S": "-1"}, "GRACE_S"),
+    ]
+    for environ, key in bad:
+        with pytest.raises(ConfigError, match=key):
+            TrainConfig.from_env(environ)
+
+
+async def test_module_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "STORE_URI": str(tmp_path / "store"),
+        "LISTEN_ADDR": "127.0.0.1:0",
+        "METRICS_PORT": str(metrics_port),
+        "WORK_DIR": str(tmp_path / "work"),
+        "GRACE_S": "2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "train_svc", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        port = 0
+        async with asyncio.timeout(30):
+            while not port:
+                line = (await process.stderr.readline()).decode()
+                assert line, "train_svc exited before serving"
+                if found := re.search(r"serving on \S+ \(port (\d+)\)", line):
+                    port = int(found.group(1))
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="sentiment.v1.TrainService"))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            jobs = await train_pb2_grpc.TrainServiceStub(channel).ListJobs(
+                train_pb2.ListJobsRequest(), timeout=5
+            )
+            assert list(jobs.jobs) == []
+            exposition = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+            )
+            assert b'train_jobs{state="QUEUED"} 0.0' in exposition
+            assert b'train_stage{train_stage="idle"} 1.0' in exposition
+
+            process.send_signal(signal.SIGTERM)
+            update = await asyncio.wait_for(watch.read(), 10)
+            assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

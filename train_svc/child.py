@@ -1,0 +1,210 @@
+"""The trainer in a child process: `trainer.train` runs under the 'spawn' start method and talks over a pipe.
+
+TensorFlow holds the CPU and the GIL for minutes, so the server's event loop must not share a process with
+it. The child sends `("progress", event)` for each trainer event and ends with exactly one of
+`("done", "")`, `("cancelled", "")` or `("failed", reason)`. The parent asks it to stop by sending
+anything on the same (duplex) pipe; the child also stops when the parent's end closes, so an orphaned
+trainer does not run on after the server died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# After SIGTERM, how long a child gets before SIGKILL.
+_TERMINATE_WAIT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a training child ended: exactly one of `succeeded`, `cancelled`, or a readable `error`."""
+
+    succeeded: bool = False
+    cancelled: bool = False
+    error: str = ""
+
+
+def child_main(
+    conn: Connection, dataset_path: str, params: dict[str, int], out_dir: str, log_level: str
+) -> None:
+    """Entry point of the spawned process (importable, so 'spawn' can find it)."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this child stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from sentiment.errors import SentimentError
+    from sentiment.logs import setup_logging
+    from train_svc import trainer
+    from train_svc.params import TrainParams
+
+    setup_logging(log_level)
+    stop = False
+
+    def should_stop() -> bool:
+        nonlocal stop
+        # Readable means the parent asked to stop, or its end closed (EOF): either way, stop.
+        stop = stop or conn.poll()
+        return stop
+
+    def progress(event: dict[str, Any]) -> None:
+        nonlocal stop
+        try:
+            conn.send(("progress", event))
+        except OSError:
+            stop = True
+
+    try:
+        trainer.train(Path(dataset_path), TrainParams(**params), Path(out_dir), progress, should_stop)
+        message: tuple[str, str] = ("done", "")
+    except trainer.Cancelled:
+        message = ("cancelled", "")
+    except SentimentError as exc:
+        message = ("failed", str(exc))
+    except Exception as exc:
+        log.exception("training failed")
+        message = ("failed", f"training failed: {type(exc).__name__}: {exc}")
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    # Everything the parent needs is on disk or sent. A normal interpreter exit would wait on TensorFlow's
+    # threads (a tf.data pipeline interrupted by a cancel can hold it for seconds), so leave at once.
+    logging.shutdown()
+    os._exit(0)
+
+
+class TrainingProcess:
+    """One training run in a spawned child; `await run(on_progress)` returns its Outcome.
+
+    `request_stop()` asks the child to stop at its next check; if it has not exited `cancel_timeout_s`
+    later it is terminated (then killed). A child that exits without a final message (crash, OOM kill)
+    yields an Outcome whose error names the exit code or signal.
+    """
+
+    def __init__(
+        self,
+        dataset_path: Path,
+        params: dict[str, int],
+        out_dir: Path,
+        *,
+        log_level: str = "INFO",
+        cancel_timeout_s: float = 5.0,
+    ) -> None:
+        self._args = (str(dataset_path), params, str(out_dir), log_level)
+        self._cancel_timeout_s = cancel_timeout_s
+        self._ctx = multiprocessing.get_context("spawn")
+        self._conn: Connection | None = None
+        self._process: Any = None
+        self._stop_requested = False
+        self._enforcer: asyncio.Task[None] | None = None
+        self._exited = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def request_stop(self) -> None:
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+            except OSError:
+                pass  # the child is already gone
+        if self._process is not None:
+            self._enforcer = asyncio.create_task(self._enforce_stop())
+
+    async def _enforce_stop(self) -> None:
+        try:
+            await asyncio.wait_for(self._exited.wait(), self._cancel_timeout_s)
+            return
+        except TimeoutError:
+            pass
+        log.warning("trainer did not stop within %.1fs; terminating it", self._cancel_timeout_s)
+        self._process.terminate()
+        try:
+            await asyncio.wait_for(self._exited.wait(), _TERMINATE_WAIT_S)
+        except TimeoutError:
+            self._process.kill()
+
+    async def run(self, on_progress: Callable[[dict[str, Any]], None]) -> Outcome:
+        loop = asyncio.get_running_loop()
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=child_main, args=(child_conn, *self._args), name="trainer", daemon=True
+        )
+        messages: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
+
+        def on_readable() -> None:
+            try:
+                while parent_conn.poll():
+                    messages.put_nowait(parent_conn.recv())
+            except (EOFError, OSError):
+                loop.remove_reader(parent_conn.fileno())
+                messages.put_nowait(None)
+
+        try:
+            await asyncio.to_thread(process.start)
+            self._process = process
+            child_conn.close()  # so the child's exit reads as EOF here
+            self._conn = parent_conn
+            if self._stop_requested:
+                self._stop_requested = False
+                self.request_stop()
+            loop.add_reader(parent_conn.fileno(), on_readable)
+            final: tuple[str, str] | None = None
+            while (message := await messages.get()) is not None:
+                kind, payload = message
+                if kind == "progress":
+                    on_progress(payload)
+                else:
+                    final = (kind, payload)
+            await asyncio.to_thread(process.join, _TERMINATE_WAIT_S + self._cancel_timeout_s)
+            self._exited.set()
+            if process.exitcode is None:
+                process.kill()
+                await asyncio.to_thread(process.join, _TERMINATE_WAIT_S)
+            return self._outcome(final, process.exitcode)
+        finally:
+            self._exited.set()
+            if self._enforcer is not None:
+                self._enforcer.cancel()
+            if process.pid is not None and process.exitcode is None:
+                process.kill()  # only when this coroutine itself was cancelled
+                process.join(_TERMINATE_WAIT_S)
+            try:
+                loop.remove_reader(parent_conn.fileno())
+            except (OSError, ValueError):
+                pass
+            parent_conn.close()
+            child_conn.close()
+
+    def _outcome(self, final: tuple[str, str] | None, exitcode: int | None) -> Outcome:
+        if final is not None:
+            kind, reason = final
+            if kind == "done":
+                return Outcome(succeeded=True)
+            if kind == "cancelled":
+                return Outcome(cancelled=True)
+            return Outcome(error=reason or "training failed")
+        if self._stop_requested:
+            return Outcome(cancelled=True)
+        if exitcode is not None and exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = str(-exitcode)
+            return Outcome(error=f"the training process was killed by signal {name}")
+        return Outcome(error=f"the training process exited with code {exitcode} before it finished")

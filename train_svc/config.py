@@ -1,0 +1,57 @@
+"""train_svc configuration: one frozen dataclass read from the environment at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+from sentiment.config import Environ, env_float, env_int, env_str
+from sentiment.errors import ConfigError
+
+
+def package_version() -> str:
+    """The installed version of this project, recorded in manifests when CODE_VERSION is not set."""
+    try:
+        return metadata.version("tweet-sentiment")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _check_uri(key: str, value: str) -> None:
+    if "://" in value and not value.startswith("s3://"):
+        raise ConfigError(f"{key}={value!r} must be s3://bucket/... or a local path")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    store_uri: str  # s3://bucket/prefix or a local directory: models/ and jobs/ live there
+    listen_addr: str = "[::]:50051"
+    dataset_uri: str = ""  # default dataset when a Train request names none
+    auth_token: str = ""  # when set, Train / CancelJob / PromoteModel need `authorization: Bearer <token>`
+    work_dir: str = ""  # scratch space for datasets and bundles; "" = a temporary directory
+    metrics_port: int = 8001  # 0 = off
+    grace_s: float = 10.0
+    log_level: str = "INFO"
+    cancel_timeout_s: float = 5.0  # a trainer that ignores the stop request this long is terminated
+    code_version: str = ""  # recorded in each manifest; "" = the installed package version
+    max_message_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        _check_uri("STORE_URI", self.store_uri)
+        if self.dataset_uri:
+            _check_uri("DATASET_URI", self.dataset_uri)
+
+    @classmethod
+    def from_env(cls, environ: Environ) -> TrainConfig:
+        return cls(
+            store_uri=env_str(environ, "STORE_URI"),
+            listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
+            dataset_uri=environ.get("DATASET_URI", ""),
+            auth_token=environ.get("TRAIN_AUTH_TOKEN", ""),
+            work_dir=environ.get("WORK_DIR", ""),
+            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
+            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
+            log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
+            cancel_timeout_s=env_float(environ, "CANCEL_TIMEOUT_S", cls.cancel_timeout_s, minimum=0.0),
+            code_version=environ.get("CODE_VERSION", ""),
+        )
