@@ -85,8 +85,7 @@ async def start_server(config: ModelConfig) -> ModelServer:
     metrics.QUEUE_TEXTS.set_function(lambda: predictor.batcher.queued)
 
     server = grpc.aio.server(options=rpc.server_options(config.max_message_bytes))
-    health_servicer = rpc.add_health_and_reflection(server, [SERVICE_NAME])
-    await rpc.set_serving(health_servicer, [SERVICE_NAME], False)
+    health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
 
     async def on_loaded(model: LoadedModel) -> None:
         await rpc.set_serving(health_servicer, [SERVICE_NAME], True)

@@ -90,14 +90,25 @@ def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tup
     ]
 
 
-def add_health_and_reflection(
+# Answers SERVING for as long as the process can answer at all: the target of liveness probes, so a
+# server that is up but not ready (no model promoted yet) is kept out of endpoints, not restarted.
+LIVENESS_SERVICE = "liveness"
+
+
+async def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str]
 ) -> health.aio.HealthServicer:
-    """Register grpc.health.v1 (every service NOT_SERVING until the caller says otherwise) and reflection."""
+    """Register grpc.health.v1 and reflection.
+
+    The overall status ("") and each named service start NOT_SERVING (readiness: the caller flips them
+    with `set_serving`); LIVENESS_SERVICE is SERVING from the start.
+    """
     names = list(service_names)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    await set_serving(health_servicer, names, False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     return health_servicer
 
 

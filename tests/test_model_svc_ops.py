@@ -131,6 +131,8 @@ async def test_a_server_started_before_any_model_polls_for_one(
     server = await start_model_server(store)
     target = f"127.0.0.1:{server.port}"
     assert await health_status(target) == "NOT_SERVING"
+    assert await health_status(target, "") == "NOT_SERVING"  # readiness: out of the endpoints
+    assert await health_status(target, "liveness") == "SERVING"  # liveness: not restarted while it waits
     channel, stub = stub_for(server)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetModel(predict_pb2.GetModelRequest(), timeout=10)

@@ -72,7 +72,7 @@ async def start_server(config: TrainConfig) -> TrainServer:
         train_pb2_grpc.add_TrainServiceServicer_to_server(
             TrainServiceServicer(runner, store, config.auth_token), server
         )
-        health_servicer = rpc.add_health_and_reflection(server, [SERVICE_NAME])
+        health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
         port = rpc.bind(server, config.listen_addr)
         await server.start()
         metrics.serve(config.metrics_port)
