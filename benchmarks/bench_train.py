@@ -198,12 +198,12 @@ def main() -> None:
     for key, value in default.items():
         print(f"{key:>24}: {value}")
     print()
-    print(f"| {'model':<72} | accuracy |   F1   | total s | source |")
-    print(f"|{'-' * 74}|----------|--------|---------|--------|")
+    print(f"| {'model':<74} | accuracy |   F1   | total s | source |")
+    print(f"|{'-' * 76}|----------|--------|---------|--------|")
     for row in rows:
         f1 = "   -  " if row["f1"] is None else f"{row['f1']:.4f}"
         print(
-            f"| {row['model']:<72} |  {row['accuracy']:.4f}  | {f1} | {row['total_s']:>7.1f} | {row['source']} |"
+            f"| {row['model']:<74} |  {row['accuracy']:.4f}  | {f1} | {row['total_s']:>7.1f} | {row['source']} |"
         )
     print(f"\nwritten to {args.out}")
 

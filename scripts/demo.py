@@ -9,7 +9,7 @@
 6. everything stopped; each program's log kept under var/logs/.
 
 `--up` leaves the stack running (state in var/stack.json) for grpcurl by hand; `--down` stops it.
-Sizes come from the environment: DEMO_ROWS, DEMO_TWEETS, DEMO_EPOCHS; DEMO_VAR_DIR (default var/); LOCAL_AWS=0 uses the standard AWS
+Sizes come from the environment: DEMO_ROWS, DEMO_TWEETS, DEMO_EPOCHS, DEMO_MAX_ROWS; DEMO_VAR_DIR (default var/); LOCAL_AWS=0 uses the standard AWS
 configuration (real AWS, or whatever AWS_ENDPOINT_URL names) instead of starting moto; DEMO_BUCKET names the bucket.
 """
 
@@ -38,6 +38,10 @@ VAR = Path(os.environ.get("DEMO_VAR_DIR") or ROOT / "var")  # a script, run once
 LOGS = VAR / "logs"
 STATE = VAR / "stack.json"
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))
+
+
+# The generated tweets have a small vocabulary and a strong signal: a few epochs learn them.
+GENERATED_DATA_PARAMS = {"epochs": 3}
 
 
 class DemoError(Exception):
@@ -126,7 +130,8 @@ def settings() -> dict[str, Any]:
     return {
         "rows": int(os.environ.get("DEMO_ROWS", "20000")),
         "tweets": int(os.environ.get("DEMO_TWEETS", "2000")),
-        "epochs": int(os.environ.get("DEMO_EPOCHS", "3")),
+        "epochs": int(os.environ.get("DEMO_EPOCHS", "0")),  # 0: the demo's choice for generated data
+        "max_rows": int(os.environ.get("DEMO_MAX_ROWS", "0")),
         "dataset": os.environ.get("DATASET", ""),
         "local_aws": os.environ.get("LOCAL_AWS", "1") != "0",
         "bucket": os.environ.get("DEMO_BUCKET", "tweet-sentiment-demo"),
@@ -188,8 +193,13 @@ def run(up: bool) -> dict[str, Any]:
             )
             stack.wait_serving("train_svc", train_addr)
             request = {"dataset_uri": dataset_uri, "promote": True, "min_accuracy": 0.6}
-            if not cfg["dataset"]:
-                request["params"] = {"epochs": cfg["epochs"]}
+            params = {} if cfg["dataset"] else dict(GENERATED_DATA_PARAMS)
+            if cfg["epochs"]:
+                params["epochs"] = cfg["epochs"]
+            if cfg["max_rows"]:
+                params["max_rows"] = cfg["max_rows"]
+            if params:
+                request["params"] = params
             print(
                 f"    grpcurl -plaintext -d '{json.dumps(request)}' {train_addr} sentiment.v1.TrainService/Train"
             )

@@ -178,7 +178,8 @@ def train(
 
     keras.utils.set_random_seed(params.seed)
     x = encode(tokens, vocab, params.sequence_length)
-    model = build_model(embedding, params, recipe)
+    model = build_model(len(vocab), params, recipe)
+    model.get_layer("word2vec").embeddings.assign(embedding)
     epochs_done = 0
 
     class Report(keras.callbacks.Callback):
@@ -251,7 +252,10 @@ def train(
     timings["cpu_s"] = time.process_time() - cpu_started
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / MODEL_FILE)
+    # A fresh, uncompiled copy: no optimizer state in the bundle (it would double the file).
+    serving = build_model(len(vocab), params, recipe)
+    serving.set_weights(model.get_weights())
+    serving.save(out_dir / MODEL_FILE)
     preprocessing = Preprocessing(text_config, params.sequence_length, thresholds)
     manifest = {
         "metrics": metrics,
@@ -279,19 +283,20 @@ def train(
     return manifest
 
 
-def build_model(embedding: np.ndarray, params: TrainParams, recipe: Recipe = DEFAULT_RECIPE) -> Any:
-    """Word2Vec embedding (frozen until fine-tuning) -> Dropout -> LSTM -> Dense sigmoid.
+def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFAULT_RECIPE) -> Any:
+    """Embedding (Word2Vec vectors are assigned by the caller) -> Dropout -> LSTM -> Dense sigmoid.
 
     Input: int32 token ids [batch, time]; id 0 is padding and is masked, so the padded width does not
-    change a score.
+    change a score. The embedding starts at zeros rather than from a Constant initializer, which Keras
+    would serialise, matrix and all, into the saved model's JSON config.
     """
     import keras
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(
-        embedding.shape[0],
-        embedding.shape[1],
-        embeddings_initializer=keras.initializers.Constant(embedding),
+        vocabulary_size,
+        params.embedding_dim,
+        embeddings_initializer="zeros",
         trainable=recipe.frozen_epochs == 0,
         mask_zero=True,
         name="word2vec",
