@@ -28,6 +28,7 @@ FILLERS = ["", "honestly", "so", "really", "just", "omg", "lol"]
 POSITIVE_EMOJI = ["😀", "😍", "🎉", "❤️", "👍"]
 NEGATIVE_EMOJI = ["😢", "😡", "👎", "💔", "😞"]
 USERS = [f"user_{i:03d}" for i in range(50)]
+MIXED_SHARE = 0.1
 
 CLEARLY_POSITIVE = ["I love this, what a great and happy day", "awesome amazing wonderful, the best fun ever"]
 CLEARLY_NEGATIVE = ["I hate this, what an awful and sad day", "terrible horrible boring, the worst day ever"]
@@ -43,6 +44,10 @@ class SyntheticTweet:
 
 
 def _sentence(rng: random.Random, label: int) -> str:
+    if rng.random() < MIXED_SHARE:
+        # Mixed feelings, labelled either way as real annotators would: where a model should be unsure.
+        good, bad = rng.choice(POSITIVE_WORDS), rng.choice(NEGATIVE_WORDS)
+        return f"{rng.choice(SUBJECTS)} is {good} but {rng.choice(SUBJECTS)} is {bad}"
     negate = rng.random() < 0.2
     # "not bad" reads positive: negation flips the word's polarity.
     polar = NEGATIVE_WORDS if (label == 1) == negate else POSITIVE_WORDS

@@ -30,9 +30,6 @@ async def stub(shared_model_server: ModelServer):  # type: ignore[no-untyped-def
         yield predict_pb2_grpc.PredictServiceStub(channel)
 
 
-OPPOSITE = {"POSITIVE": "NEGATIVE", "NEGATIVE": "POSITIVE"}
-
-
 async def test_grpcurl_predict_and_reflection(shared_model_server: ModelServer) -> None:
     address = target(shared_model_server)
     thresholds = shared_model_server.predictor.model.thresholds  # type: ignore[union-attr]
@@ -42,10 +39,7 @@ async def test_grpcurl_predict_and_reflection(shared_model_server: ModelServer) 
             assert code == 0, err
             reply = json.loads(out)
             assert reply.get("modelVersion", reply.get("model_version")) == "v1"
-            assert reply["label"] == thresholds.label(reply["score"])
-            # How sure the tiny test model is depends on the trainer; which side of 0.5 it is on does not.
-            assert reply["label"] != OPPOSITE[expected], (text, reply)
-            assert (reply["score"] > 0.5) == (expected == "POSITIVE"), (text, reply)
+            assert reply["label"] == thresholds.label(reply["score"]) == expected, (text, reply)
 
     code, out, err = await grpcurl("-plaintext", address, "list")
     assert code == 0, err
@@ -59,7 +53,9 @@ async def test_labels_scores_and_versions_through_the_stub(
     texts = [*CLEARLY_POSITIVE, *CLEARLY_NEGATIVE, "the weather is ok I guess"]
     batch = await stub.PredictBatch(predict_pb2.PredictBatchRequest(texts=texts), timeout=10)
     scores = [p.score for p in batch.predictions]
-    assert min(scores[:2]) > 0.5 > max(scores[2:4]), "positive texts score above negative ones"
+    assert min(scores[:2]) >= 0.7 and max(scores[2:4]) <= 0.4, scores
+    labels = [predict_pb2.Label.Name(p.label) for p in batch.predictions[:4]]
+    assert labels == ["POSITIVE", "POSITIVE", "NEGATIVE", "NEGATIVE"]
     thresholds = shared_model_server.predictor.model.thresholds  # type: ignore[union-attr]
     for prediction in batch.predictions:
         assert prediction.model_version == "v1"
