@@ -14,7 +14,7 @@ class ModelConfig:
     listen_addr: str = "[::]:50052"
     model_dir: str = ""  # local bundle cache; "" = a temporary directory
     reload_interval_s: float = 10.0
-    batch_max_size: int = 256
+    batch_max_size: int = 512
     batch_max_wait_s: float = 0.002
     queue_max_texts: int = 4096
     max_text_chars: int = 1000

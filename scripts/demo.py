@@ -182,7 +182,9 @@ def run(up: bool) -> dict[str, Any]:
             print(f"    {source} -> {dataset_uri} ({source.stat().st_size / 1e6:.1f} MB)")
 
         store_uri = f"s3://{cfg['bucket']}/store"
-        train_addr, model_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        # `make up` takes the well-known ports, so the README's grpcurl lines work as written.
+        train_port, model_port = (50051, 50052) if up else (free_port(), free_port())
+        train_addr, model_addr = f"127.0.0.1:{train_port}", f"127.0.0.1:{model_port}"
         with step(
             3, "train_svc + model_svc; Train with grpcurl; model promoted and loaded", LOGS / "train_svc.log"
         ):
