@@ -9,9 +9,6 @@ from sentiment.errors import ConfigError
 
 Environ = Mapping[str, str]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 
 def env_str(environ: Environ, key: str, default: str | None = None) -> str:
     """The value of `key`, or `default`; a missing key without default raises ConfigError naming it."""
@@ -47,18 +44,6 @@ def env_float(environ: Environ, key: str, default: float, minimum: float | None 
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}={value} must be >= {minimum}")
     return value
-
-
-def env_bool(environ: Environ, key: str, default: bool) -> bool:
-    raw = environ.get(key)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{key}={raw!r} is not a boolean (use true/false)")
 
 
 def available_cpus() -> int:
