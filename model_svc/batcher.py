@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sentiment.errors import ModelNotReady, Overloaded
+from sentiment.errors import DeadlineExpired, ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,6 @@ R = TypeVar("R")
 
 class BatcherClosed(ModelNotReady):
     """The batcher is closed (the server is shutting down): UNAVAILABLE, try another replica."""
-
-
-class DeadlineExpired(Exception):
-    """The caller's deadline passed before its item was computed, so it was not computed."""
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from model_svc import metrics
 from model_svc.batcher import Batcher
 from model_svc.model import LoadedModel, Scored
-from sentiment.errors import InvalidInput, ModelNotReady
+from sentiment.errors import DeadlineExpired, InvalidInput, ModelNotReady
 
 
 class Predictor:
@@ -60,7 +60,11 @@ class Predictor:
         """Score one text. `deadline` is on the time.monotonic() clock; past it the text is not computed."""
         self.check_text(text)
         self._ready()
-        return await self.batcher.submit(text, deadline)
+        try:
+            return await self.batcher.submit(text, deadline)
+        except DeadlineExpired:
+            metrics.EXPIRED.inc()
+            raise
 
     async def predict_batch(self, texts: Sequence[str], deadline: float | None = None) -> list[Scored]:
         """Score many texts, one result each in order; all are admitted to the queue or none."""
@@ -71,7 +75,11 @@ class Predictor:
         for i, text in enumerate(texts):
             self.check_text(text, f"texts[{i}]")
         self._ready()
-        return await self.batcher.submit_many(texts, deadline)
+        try:
+            return await self.batcher.submit_many(texts, deadline)
+        except DeadlineExpired:
+            metrics.EXPIRED.inc(len(texts))
+            raise
 
     def _run_batch(self, texts: list[str]) -> list[Scored]:
         """The batcher's function, on the inference thread."""

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import grpc
 
 from model_svc import metrics
-from model_svc.batcher import DeadlineExpired
 from model_svc.model import LoadedModel, Scored
 from model_svc.predictor import Predictor
 from protos import common_pb2, predict_pb2, predict_pb2_grpc
@@ -72,23 +71,14 @@ class PredictService(predict_pb2_grpc.PredictServiceServicer):
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.Prediction:
-        try:
-            result = await self._predictor.predict(request.text, _deadline(context))
-        except DeadlineExpired as exc:
-            metrics.EXPIRED.inc()
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        return _to_proto(result)
+        return _to_proto(await self._predictor.predict(request.text, _deadline(context)))
 
     @observed
     @map_errors
     async def PredictBatch(
         self, request: predict_pb2.PredictBatchRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictBatchResponse:
-        try:
-            results = await self._predictor.predict_batch(request.texts, _deadline(context))
-        except DeadlineExpired as exc:
-            metrics.EXPIRED.inc(len(request.texts))
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        results = await self._predictor.predict_batch(request.texts, _deadline(context))
         return predict_pb2.PredictBatchResponse(predictions=[_to_proto(r) for r in results])
 
     @observed

@@ -21,6 +21,10 @@ class Overloaded(SentimentError):
     """The server's queue is full; retry later: RESOURCE_EXHAUSTED."""
 
 
+class DeadlineExpired(SentimentError):
+    """The caller's deadline passed before its work was computed, so it was not computed: DEADLINE_EXCEEDED."""
+
+
 class FailedPrecondition(SentimentError):
     """The request is valid but the state does not allow it (cancel a finished job): FAILED_PRECONDITION."""
 
