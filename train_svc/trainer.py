@@ -284,7 +284,7 @@ def train(
 
 
 def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFAULT_RECIPE) -> Any:
-    """Embedding (Word2Vec vectors are assigned by the caller) -> Dropout -> LSTM -> Dense sigmoid.
+    """Embedding (Word2Vec vectors are assigned by the caller) -> (spatial) dropout -> LSTM -> Dense sigmoid.
 
     Input: int32 token ids [batch, time]; id 0 is padding and is masked, so the padded width does not
     change a score. The embedding starts at zeros rather than from a Constant initializer, which Keras
@@ -301,7 +301,10 @@ def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFA
         mask_zero=True,
         name="word2vec",
     )(inputs)
-    x = keras.layers.Dropout(recipe.dropout)(x)
+    if recipe.spatial_dropout:
+        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout, name="spatial_dropout")(x)
+    if recipe.dropout:
+        x = keras.layers.Dropout(recipe.dropout)(x)
     rnn = keras.layers.LSTM(params.lstm_units, name="lstm")
     x = keras.layers.Bidirectional(rnn, name="bilstm")(x) if recipe.bidirectional else rnn(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
