@@ -6,17 +6,16 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from model_svc import metrics
-from model_svc.model import LoadedModel, Scored
+from model_svc.model import Scored
 from model_svc.predictor import Predictor
 from protos import common_pb2, predict_pb2, predict_pb2_grpc
 from sentiment.errors import ModelNotReady
-from sentiment.rpc import map_errors
+from sentiment.rpc import map_errors, model_info
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,29 +88,6 @@ class PredictService(predict_pb2_grpc.PredictServiceServicer):
         model = self._predictor.model
         if model is None:
             raise ModelNotReady("no model loaded")
-        return model_info(model, current=model.version == self._current_version())
-
-
-def model_info(model: LoadedModel, current: bool) -> common_pb2.ModelInfo:
-    """ModelInfo of a loaded bundle, from its manifest (fields a manifest lacks stay unset)."""
-    manifest = model.bundle.manifest
-    quality = common_pb2.Metrics()
-    for name, value in (manifest.get("metrics") or {}).items():
-        field = quality.DESCRIPTOR.fields_by_name.get(name)
-        if field is not None and isinstance(value, int | float):
-            setattr(quality, name, int(value) if field.cpp_type == field.CPPTYPE_INT64 else float(value))
-    info = common_pb2.ModelInfo(
-        version=model.version,
-        metrics=quality,
-        thresholds=common_pb2.Thresholds(
-            negative_max=model.thresholds.negative_max, positive_min=model.thresholds.positive_min
-        ),
-        dataset_uri=(manifest.get("dataset") or {}).get("uri", "") or manifest.get("dataset_uri", ""),
-        current=current,
-        sequence_length=model.sequence_length,
-        vocabulary_size=len(model.bundle.vocabulary),
-    )
-    created_at = manifest.get("created_at")
-    if isinstance(created_at, str) and created_at:
-        info.created_at.FromDatetime(datetime.fromisoformat(created_at.replace("Z", "+00:00")))
-    return info
+        return model_info(
+            model.version, model.bundle.manifest, current=model.version == self._current_version()
+        )

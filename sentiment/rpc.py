@@ -8,12 +8,14 @@ import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from protos import common_pb2
 from sentiment import errors
 
 log = logging.getLogger(__name__)
@@ -152,3 +154,36 @@ async def wait_for_signal(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def metrics_to_proto(metrics: dict[str, Any]) -> common_pb2.Metrics:
+    """Metrics as a manifest or a job records them; keys the proto lacks are ignored."""
+    message = common_pb2.Metrics()
+    for name, value in metrics.items():
+        field = message.DESCRIPTOR.fields_by_name.get(name)
+        if field is not None and isinstance(value, int | float):
+            setattr(message, name, int(value) if field.cpp_type == field.CPPTYPE_INT64 else float(value))
+    return message
+
+
+def model_info(version: str, manifest: dict[str, Any], current: bool) -> common_pb2.ModelInfo:
+    """ModelInfo of a published bundle, from its manifest (fields a manifest lacks stay unset).
+
+    The one translation both TrainService.ListModels/PromoteModel and PredictService.GetModel use.
+    """
+    thresholds = manifest.get("thresholds") or {}
+    info = common_pb2.ModelInfo(
+        version=version,
+        metrics=metrics_to_proto(manifest.get("metrics") or {}),
+        thresholds=common_pb2.Thresholds(
+            negative_max=thresholds.get("negative_max", 0.0), positive_min=thresholds.get("positive_min", 0.0)
+        ),
+        dataset_uri=(manifest.get("dataset") or {}).get("uri", ""),
+        current=current,
+        sequence_length=int((manifest.get("params") or {}).get("sequence_length", 0)),
+        vocabulary_size=int(manifest.get("vocabulary_size", 0)),
+    )
+    created_at = manifest.get("created_at")
+    if isinstance(created_at, str) and created_at:
+        info.created_at.FromDatetime(datetime.fromisoformat(created_at.replace("Z", "+00:00")))
+    return info

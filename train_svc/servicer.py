@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import common_pb2, train_pb2, train_pb2_grpc
 from sentiment.errors import Unauthenticated
-from sentiment.rpc import map_errors
+from sentiment.rpc import map_errors, metrics_to_proto, model_info
 from sentiment.store import ArtifactStore
 from train_svc import models
 from train_svc.jobs import Job, JobRunner, TrainRequest
@@ -27,19 +25,6 @@ def _timestamp(seconds: float) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
-
-
-def metrics_to_proto(metrics: dict[str, Any]) -> common_pb2.Metrics:
-    return common_pb2.Metrics(
-        accuracy=metrics.get("accuracy", 0.0),
-        loss=metrics.get("loss", 0.0),
-        precision=metrics.get("precision", 0.0),
-        recall=metrics.get("recall", 0.0),
-        f1=metrics.get("f1", 0.0),
-        rows_used=int(metrics.get("rows_used", 0)),
-        test_rows=int(metrics.get("test_rows", 0)),
-        train_seconds=metrics.get("train_seconds", 0.0),
-    )
 
 
 def job_to_proto(job: Job) -> train_pb2.TrainJob:
@@ -68,23 +53,7 @@ def job_to_proto(job: Job) -> train_pb2.TrainJob:
 
 
 def model_to_proto(model: models.PublishedModel) -> common_pb2.ModelInfo:
-    manifest = model.manifest
-    thresholds = manifest.get("thresholds") or {}
-    created_at = None
-    if manifest.get("created_at"):
-        created_at = _timestamp(datetime.fromisoformat(manifest["created_at"]).timestamp())
-    return common_pb2.ModelInfo(
-        version=model.version,
-        metrics=metrics_to_proto(manifest.get("metrics") or {}),
-        thresholds=common_pb2.Thresholds(
-            negative_max=thresholds.get("negative_max", 0.0), positive_min=thresholds.get("positive_min", 0.0)
-        ),
-        dataset_uri=(manifest.get("dataset") or {}).get("uri", ""),
-        created_at=created_at,
-        current=model.current,
-        sequence_length=int((manifest.get("params") or {}).get("sequence_length", 0)),
-        vocabulary_size=int(manifest.get("vocabulary_size", 0)),
-    )
+    return model_info(model.version, model.manifest, model.current)
 
 
 class TrainServiceServicer(train_pb2_grpc.TrainServiceServicer):
