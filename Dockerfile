@@ -67,6 +67,8 @@ ENTRYPOINT ["python", "-m", "train_svc"]
 # ---------------------------------------------------------------- model_svc (50052, metrics 8002)
 FROM runtime AS model-svc
 COPY --from=deps-model /opt/venv /opt/venv
+# The Keras layers a trained model may contain, so the model file loads (no training code).
+COPY train_svc/__init__.py train_svc/layers.py /app/train_svc/
 COPY model_svc/ /app/model_svc/
 RUN python -m compileall -q /app
 USER 10001:10001

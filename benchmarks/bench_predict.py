@@ -74,9 +74,15 @@ def row(name: str, items: int, seconds: float, latencies_s: list[float], **extra
 def ensure_bundle(bundle: Path | None) -> Path:
     if bundle is not None:
         return bundle
+    from train_svc.params import DEFAULT_RECIPE
+
     cached = CACHE / "bundle"
     if (cached / "manifest.json").is_file():
-        return cached
+        manifest = json.loads((cached / "manifest.json").read_text())
+        if manifest.get("recipe") == DEFAULT_RECIPE.to_dict():
+            return cached
+        print("the cached benchmark bundle predates the current recipe: retraining", flush=True)
+        shutil.rmtree(cached)
     if not DATASET.is_file():
         raise SystemExit(f"{DATASET} is missing: pass --bundle DIR")
     print(f"training a benchmark bundle on {DATASET.name} (cached in {cached}) ...", flush=True)

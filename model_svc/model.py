@@ -99,6 +99,8 @@ class LoadedModel:
     def __init__(self, bundle: LocalBundle) -> None:
         import keras
 
+        import train_svc.layers  # noqa: F401  (registers the bundle's custom layers for loading)
+
         started = time.monotonic()
         self.bundle = bundle
         self.version = bundle.version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -54,3 +55,30 @@ def test_same_seed_same_model(dataset_file: Path, tmp_path: Path) -> None:
     first, second = (run["metrics"] for run in runs)
     assert abs(first["accuracy"] - second["accuracy"]) <= 0.005, (first, second)
     assert abs(first["loss"] - second["loss"]) <= 0.005, (first, second)
+
+
+def test_ngram_linear_sums_the_weights_of_words_and_word_pairs(tmp_path: Path) -> None:
+    import keras
+
+    from train_svc.layers import BIGRAM_MULTIPLIER, NGramLinear
+
+    buckets = 101
+    layer = NGramLinear(buckets)
+    ids = np.array([[0, 0, 5, 9, 3], [0, 0, 0, 0, 7], [0, 0, 0, 0, 0]], dtype=np.int32)
+    layer.build(ids.shape)
+    weights = np.random.default_rng(0).normal(size=buckets).astype(np.float32)
+    layer.kernel.assign(weights)
+
+    def expected(row: list[int]) -> float:
+        pairs = [(a * BIGRAM_MULTIPLIER + b) % buckets for a, b in itertools.pairwise(row)]
+        return float(sum(weights[i % buckets] for i in row) + sum(weights[p] for p in pairs))
+
+    np.testing.assert_allclose(
+        np.asarray(layer(ids)).reshape(-1), [expected([5, 9, 3]), expected([7]), 0.0], rtol=1e-5
+    )
+    # It survives a save and a load (registered, no Python bytecode in the file).
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict_on_batch(ids), model.predict_on_batch(ids), rtol=1e-6)

@@ -87,6 +87,9 @@ class Recipe:
     frozen_epochs: int = 0
     fine_tune_lr: float = 1e-3
     bidirectional: bool = False
+    # A linear model over hashed words and word pairs beside the LSTM (train_svc.layers.NGramLinear), its
+    # logit added to the LSTM's; 0 turns it off. 2**20 weights: 4 MB, few collisions at 50k words.
+    ngram_buckets: int = 1 << 20
     early_stopping_patience: int = 2
     length_bucketing: bool = True  # batches of similar-length tweets, cut to their longest
 

@@ -105,14 +105,23 @@ def _dataset(
 
 
 def predict_scores(model: Any, x: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Scores of every row, computed on length-sorted batches cut to their longest tweet."""
+    """Scores of every row, computed on length-sorted batches cut to their longest tweet.
+
+    One function traced once for any batch shape (as model_svc serves it), rather than `predict_on_batch`,
+    which retraces for every width.
+    """
+    import tensorflow as tf
+
+    score = tf.function(
+        lambda ids: model(ids, training=False), input_signature=[tf.TensorSpec([None, None], tf.int32)]
+    )
     lengths = np.count_nonzero(x, axis=1)
     order = np.argsort(lengths, kind="stable")
     scores = np.zeros(len(x), dtype=np.float32)
     for start in range(0, len(x), batch_size):
         rows = order[start : start + batch_size]
         width = max(1, int(lengths[rows].max()))
-        scores[rows] = np.asarray(model.predict_on_batch(x[rows, -width:])).reshape(-1)
+        scores[rows] = np.asarray(score(x[rows, -width:])).reshape(-1)
     return scores
 
 
@@ -228,7 +237,7 @@ def train(
             [
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_lr=1e-5),
                 keras.callbacks.EarlyStopping(
-                    monitor="val_accuracy", patience=recipe.early_stopping_patience, restore_best_weights=True
+                    monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
                 ),
             ],
         )
@@ -284,13 +293,16 @@ def train(
 
 
 def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFAULT_RECIPE) -> Any:
-    """Embedding (Word2Vec vectors are assigned by the caller) -> (spatial) dropout -> LSTM -> Dense sigmoid.
+    """Embedding (Word2Vec vectors are assigned by the caller) -> (spatial) dropout -> LSTM -> Dense logit,
+    plus the logit of a linear model over hashed words and word pairs (`recipe.ngram_buckets`) -> sigmoid.
 
     Input: int32 token ids [batch, time]; id 0 is padding and is masked, so the padded width does not
     change a score. The embedding starts at zeros rather than from a Constant initializer, which Keras
     would serialise, matrix and all, into the saved model's JSON config.
     """
     import keras
+
+    from train_svc.layers import NGramLinear
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(
@@ -307,5 +319,9 @@ def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFA
         x = keras.layers.Dropout(recipe.dropout)(x)
     rnn = keras.layers.LSTM(params.lstm_units, name="lstm")
     x = keras.layers.Bidirectional(rnn, name="bilstm")(x) if recipe.bidirectional else rnn(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    logit = keras.layers.Dense(1, name="lstm_logit")(x)
+    if recipe.ngram_buckets:
+        ngrams = NGramLinear(recipe.ngram_buckets, name="ngrams")(inputs)
+        logit = keras.layers.Add(name="logit")([logit, ngrams])
+    outputs = keras.layers.Activation("sigmoid", name="score")(logit)
     return keras.Model(inputs, outputs, name="sentiment_lstm")
