@@ -16,7 +16,7 @@ log = logging.getLogger("model_svc")
 
 # The event loop thread and the inference thread share the GIL. With Python's default 5 ms switch
 # interval the inference thread, back from TensorFlow (which releases the GIL), can wait up to 5 ms for
-# the busy loop to let go; a shorter interval keeps batches flowing (measured: benchmarks/bench_predict).
+# the busy loop to let go; a shorter interval keeps batches flowing.
 SWITCH_INTERVAL_S = 0.0005
 
 

@@ -12,7 +12,7 @@ from sentiment.errors import ConfigError
 class ModelConfig:
     store_uri: str
     listen_addr: str = "[::]:50052"
-    model_dir: str = ""  # local bundle cache; "" = a temporary directory
+    model_dir: str = ""  # where bundles are downloaded (each load fetches again); "" = a temporary directory
     reload_interval_s: float = 10.0
     batch_max_size: int = 512
     batch_max_wait_s: float = 0.002

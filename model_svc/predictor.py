@@ -33,7 +33,6 @@ class Predictor:
         )
         self.texts_computed = 0
         self.batches_run = 0
-        self.largest_batch = 0
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Serve `model` from the next batch on; returns the one it replaces."""
@@ -93,5 +92,4 @@ class Predictor:
         metrics.TEXTS.inc(len(texts))
         self.texts_computed += len(texts)
         self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(texts))
         return results

@@ -13,7 +13,6 @@ class DeadLetterFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.count = 0
         self._handle: IO[str] | None = None
 
     def add(self, stage: str, entries: list[tuple[dict[str, Any], str]]) -> None:
@@ -28,7 +27,6 @@ class DeadLetterFile:
             line = {"id": record.get("id"), "stage": stage, "reason": reason, "at": at, "record": record}
             self._handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
         self._handle.flush()
-        self.count += len(entries)
 
     def close(self) -> None:
         if self._handle is not None:

@@ -1,7 +1,7 @@
 """Tweet sources, each an async iterator of Tweet | Malformed: the X API v2 filtered stream and replay files.
 
 A source never stops on a bad message: it yields `Malformed(kind)` and goes on. `aclose()` asks it to stop;
-iteration then ends after what it has already taken in, so nothing read is dropped.
+iteration then ends promptly, and nothing already yielded is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tweepy import StreamRule
 from tweepy.asynchronous import AsyncStreamingClient
 from tweepy.asynchronous.streaming import AsyncBaseStream
 
-from sentiment.dataset import ReadStats, iter_tweets, parse_twitter_date
+from sentiment.dataset import iter_tweets, parse_twitter_date
 from stream_svc.config import X_API_BASE_URL
 from stream_svc.tweets import Malformed, SourceEvent, Tweet
 
@@ -38,7 +38,7 @@ class Source(Protocol):
     def __aiter__(self) -> AsyncIterator[SourceEvent]: ...
 
     async def aclose(self) -> None:
-        """Stop taking in tweets; iteration ends once what was already taken in has been yielded."""
+        """Stop taking in tweets; iteration ends soon after (what was yielded stays yielded)."""
         ...
 
 
@@ -111,13 +111,12 @@ class ReplaySource:
     def __init__(self, path: str | Path, rate: float = 0.0) -> None:
         self.path = Path(path)
         self.rate = rate
-        self.csv_stats = ReadStats()
         self._stopped = asyncio.Event()
 
     def _events(self) -> Generator[SourceEvent, None, None]:
         name = self.path.name.lower()
         if name.endswith((".csv", ".csv.gz")):
-            for row in iter_tweets(self.path, self.csv_stats):
+            for row in iter_tweets(self.path):
                 if not row.id:  # the table is keyed by id
                     yield Malformed("no_id", row.text[:120])
                     continue

@@ -71,7 +71,7 @@ class TrainParams:
 class Recipe:
     """Domain-only knobs of the recipe (not in the proto); each bundle's manifest records them.
 
-    The embedding starts as the Word2Vec vectors. Measured on the sample (benchmarks/README.md), keeping
+    The embedding starts as the Word2Vec vectors. Measured on a 40k-tweet subsample (benchmarks/README.md, rows 2-3), keeping
     it frozen for a warm-up before fine-tuning lost to fine-tuning from the first step, so
     `frozen_epochs` defaults to 0; with `frozen_epochs` > 0 the rest trains at `fine_tune_lr` after it.
     """
@@ -88,7 +88,8 @@ class Recipe:
     fine_tune_lr: float = 1e-3
     bidirectional: bool = False
     # A linear model over hashed words and word pairs beside the LSTM (train_svc.layers.NGramLinear), its
-    # logit added to the LSTM's; 0 turns it off. 2**20 weights: 4 MB, few collisions at 50k words.
+    # logit added to the LSTM's; 0 turns it off. 2**20 weights: 4 MB; the sample's ~370k distinct word pairs
+    # share ~310k buckets.
     ngram_buckets: int = 1 << 20
     early_stopping_patience: int = 2
     length_bucketing: bool = True  # batches of similar-length tweets, cut to their longest

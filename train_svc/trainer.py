@@ -91,7 +91,7 @@ def _dataset(
 
     lengths = np.count_nonzero(x, axis=1)
     epoch = iter(range(1 << 30))
-    n_batches = len(length_batches(lengths, rows, batch_size, None, bucketing))
+    n_batches = -(-len(rows) // batch_size)  # bucketing windows are whole batches: same count either way
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = None if seed is None else np.random.default_rng([seed, next(epoch)])
@@ -211,11 +211,11 @@ def train(
                 }
             )
 
-    def fit(epochs: int, seed: int, learning_rate: float, callbacks: list[Any]) -> dict[str, list[float]]:
+    def fit(epochs: int, seed: int, learning_rate: float, callbacks: list[Any]) -> None:
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=["accuracy"]
         )
-        history = model.fit(
+        model.fit(
             _dataset(x, y, train_idx, params.batch_size, seed, recipe.length_bucketing),
             validation_data=_dataset(x, y, val_idx, params.batch_size, None, recipe.length_bucketing),
             epochs=epochs,
@@ -223,7 +223,6 @@ def train(
             verbose=0,
             callbacks=[Report(), *callbacks],
         )
-        return dict(history.history)
 
     frozen_epochs = min(recipe.frozen_epochs, params.epochs)
     if frozen_epochs:
@@ -261,7 +260,7 @@ def train(
     timings["cpu_s"] = time.process_time() - cpu_started
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A fresh, uncompiled copy: no optimizer state in the bundle (it would double the file).
+    # A fresh, uncompiled copy: no optimizer state in the bundle (Adam's two moments would triple the file).
     serving = build_model(len(vocab), params, recipe)
     serving.set_weights(model.get_weights())
     serving.save(out_dir / MODEL_FILE)
