@@ -74,16 +74,14 @@ def group_by_length(
     widths, starts = np.unique(sorted_lengths, return_index=True)
     ends = np.append(starts[1:], len(sorted_lengths))
     n = len(widths)
-    best = np.full(n + 1, np.inf)
-    best[0] = 0.0
+    best = np.zeros(n + 1)
     cut = np.zeros(n + 1, dtype=np.int64)
     for j in range(1, n + 1):  # groups end at distinct length j-1 (padded to widths[j-1])
         width = max(int(widths[j - 1]), 1)
-        for i in range(j):  # the group spans distinct lengths i..j-1
-            rows = ends[j - 1] - starts[i]
-            cost = best[i] + call_cost + width * (step_cost + rows)
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
+        rows = ends[j - 1] - starts[:j]  # the group spans distinct lengths i..j-1, for each i < j
+        costs = best[:j] + call_cost + width * (step_cost + rows)
+        cut[j] = np.argmin(costs)  # the lowest i on a tie
+        best[j] = costs[cut[j]]
     groups = []
     j = n
     while j > 0:

@@ -158,3 +158,31 @@ def test_grouping_by_length_covers_every_text_once() -> None:
     widths = [max(lengths[i] for i in g) for g in groups]
     assert widths == sorted(widths)
     assert group_by_length([7] * 5)[0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_grouping_by_length_is_the_cheapest_split() -> None:
+    """Against every way of cutting the sorted distinct lengths (exhaustive: at most 2^7 splits)."""
+
+    def cost(groups: list[list[int]], call: float, step: float) -> float:
+        return sum(call + max(max(g), 1) * (step + len(g)) for g in groups)
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lengths = rng.choice(
+            rng.choice(41, size=int(rng.integers(1, 9)), replace=False), size=int(rng.integers(1, 60))
+        )
+        call, step = float(rng.choice([1.0, 40.0, 400.0])), float(rng.choice([0.5, 8.0, 40.0]))
+        got = cost(
+            [[int(lengths[i]) for i in g] for g in group_by_length(lengths.tolist(), call, step)], call, step
+        )
+        distinct = sorted(set(lengths.tolist()))
+        best = np.inf
+        for mask in range(1 << (len(distinct) - 1)):  # bit k set: a cut after distinct[k]
+            groups, current = [], []
+            for k, width in enumerate(distinct):
+                current += [int(x) for x in lengths if x == width]
+                if k == len(distinct) - 1 or mask >> k & 1:
+                    groups.append(current)
+                    current = []
+            best = min(best, cost(groups, call, step))
+        assert got == pytest.approx(best)

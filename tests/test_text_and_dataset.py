@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import pytest
 
+from sentiment import text as text_module
 from sentiment.dataset import ReadStats, iter_tweets, load_sample, parse_twitter_date
 from sentiment.errors import InvalidDataset, NotFound
 from sentiment.text import OOV_ID, TextConfig, Vocabulary, encode, tokenize
@@ -27,6 +29,47 @@ def test_tokenize_strips_urls_mentions_and_keeps_negations() -> None:
     assert TextConfig.from_dict(TextConfig().to_dict()) == TextConfig()
     assert "not" in tokenize("this is not good", TextConfig(drop_stop_words=True))
     assert "is" not in tokenize("this is not good", TextConfig(drop_stop_words=True))
+
+
+def plain_tokenize(text: str, config: TextConfig) -> list[str]:
+    """`tokenize` as every pass in turn, with none of its shortcuts: the oracle for them."""
+    m = text_module
+    placeholder = config.placeholder_tokens
+    text = m.html.unescape(text)
+    text = m._URL.sub(f" {m.URL_TOKEN} " if placeholder else " ", text)
+    text = m._MENTION.sub(f" {m.USER_TOKEN} " if placeholder else " ", text)
+    if config.emoticon_tokens:
+        text = m._NEG_EMOTICON.sub(" <sad> ", m._POS_EMOTICON.sub(" <smile> ", text))
+    if config.emoji_tokens:
+        text = m._NEG_EMOJI.sub(" <sad> ", m._POS_EMOJI.sub(" <smile> ", text))
+    text = m._NOT.sub(m._negate, m._HASHTAG.sub(r" \1 ", text)).lower()
+    if config.punctuation_tokens:
+        text = m._REPEATED_MARKS.sub(r" \1 ", text)
+    if config.max_repeat > 0:
+        text = m._ELONGATED.sub(lambda match: match.group(1) * config.max_repeat, text)
+    tokens = [t.strip("'") for t in m._TOKEN.findall(text)]
+    tokens = [t for t in tokens if t and (t not in "!?" or config.punctuation_tokens)]
+    tokens = [m.NUMBER_TOKEN if config.number_token and m._NUMBER.match(t) else t for t in tokens]
+    return [t for t in tokens if not (config.drop_stop_words and t in m.STOP_WORDS)]
+
+
+def test_tokenize_shortcuts_change_no_token() -> None:
+    """`tokenize` skips a regex pass when a cheap test says it cannot match: same tokens as every pass."""
+    m = text_module
+    rng = random.Random(7)
+    pieces = [
+        *"abnotwcsiNOTWCSI:;=8-o*'()[]{}|/\\<3@#.!?_ 09",
+        *("http://", "HTTPS://", "www.", ".com", ".Ly/x", "n't", "N'T", "can", "won", "&amp;", "&lt;3"),
+        *("😀", "😢", "💔", "é", "İ", "ſ", "\u212a"),
+    ]
+    corpus = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(20_000)]
+    passes = [m._URL, m._MENTION, m._POS_EMOTICON, m._NEG_EMOTICON, m._POS_EMOJI, m._NEG_EMOJI, m._HASHTAG]
+    for pattern in [*passes, m._NOT, m._REPEATED_MARKS, m._ELONGATED]:
+        assert sum(1 for t in corpus if pattern.search(t)) > 100, f"the corpus hardly exercises {pattern}"
+    everything_off = TextConfig(True, False, False, 0, False, False, False)
+    for config in (TextConfig(), everything_off):
+        for text in corpus:
+            assert tokenize(text, config) == plain_tokenize(text, config), text
 
 
 def test_encode_pre_pads_and_keeps_the_tail() -> None:
