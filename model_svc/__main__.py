@@ -10,7 +10,7 @@ import sys
 from model_svc.config import ModelConfig
 from sentiment.errors import ConfigError
 from sentiment.logs import setup_logging
-from sentiment.rpc import wait_for_signal
+from sentiment.rpc import serve_until_signal
 
 log = logging.getLogger("model_svc")
 
@@ -23,12 +23,7 @@ SWITCH_INTERVAL_S = 0.0005
 async def run(config: ModelConfig) -> None:
     from model_svc.server import start_server  # imports TensorFlow: after the config is known good
 
-    signalled = asyncio.create_task(wait_for_signal())
-    await asyncio.sleep(0)  # handlers installed before the (slow) first model load
-    server = await start_server(config)
-    sig = await signalled
-    log.info("%s received; shutting down (grace %.1fs)", sig.name, config.grace_s)
-    await server.stop(config.grace_s)
+    await serve_until_signal(lambda: start_server(config), config.grace_s)
 
 
 def main() -> int:

@@ -85,27 +85,38 @@ async def start_server(config: ModelConfig) -> ModelServer:
     metrics.QUEUE_TEXTS.set_function(lambda: predictor.batcher.queued)
 
     server = grpc.aio.server(options=rpc.server_options(config.max_message_bytes))
-    health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
-
-    async def on_loaded(model: LoadedModel) -> None:
-        await rpc.set_serving(health_servicer, [SERVICE_NAME], True)
-
-    reloader = Reloader(store, model_dir, predictor, config.reload_interval_s, on_loaded)
-    predict_pb2_grpc.add_PredictServiceServicer_to_server(
-        PredictService(predictor, lambda: reloader.current_version), server
-    )
-    port = rpc.bind(server, config.listen_addr, config.tls_cert_path, config.tls_key_path)
-    await server.start()
     metrics_http = None
-    if config.metrics_port:
-        metrics_http, _ = start_http_server(config.metrics_port)
-    log.info(
-        "PredictService listening on port %d (%s), metrics on %s",
-        port,
-        "TLS" if config.tls_cert_path else "plaintext",
-        config.metrics_port or "off",
-    )
-    await reloader.check()
+    try:  # a start that fails part-way (port taken, bad TLS files) frees what it had taken
+        health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
+
+        async def on_loaded(model: LoadedModel) -> None:
+            await rpc.set_serving(health_servicer, [SERVICE_NAME], True)
+
+        reloader = Reloader(store, model_dir, predictor, config.reload_interval_s, on_loaded)
+        predict_pb2_grpc.add_PredictServiceServicer_to_server(
+            PredictService(predictor, lambda: reloader.current_version), server
+        )
+        port = rpc.bind(server, config.listen_addr, config.tls_cert_path, config.tls_key_path)
+        await server.start()
+        if config.metrics_port:
+            metrics_http, _ = start_http_server(config.metrics_port)
+        log.info(
+            "PredictService listening on port %d (%s), metrics on %s",
+            port,
+            "TLS" if config.tls_cert_path else "plaintext",
+            config.metrics_port or "off",
+        )
+        await reloader.check()
+    except BaseException:
+        await server.stop(0)
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
+        await predictor.batcher.aclose(drain=False)
+        await store.aclose()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     reload_task = asyncio.get_running_loop().create_task(reloader.run(), name="model-reload")
     return ModelServer(
         server=server,

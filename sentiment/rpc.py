@@ -7,9 +7,9 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -154,6 +154,28 @@ async def wait_for_signal(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+class Stoppable(Protocol):
+    async def stop(self, grace_s: float) -> None: ...
+
+
+async def serve_until_signal(start: Callable[[], Awaitable[Stoppable]], grace_s: float) -> None:
+    """Start a server, wait for SIGTERM or SIGINT, stop it within `grace_s`.
+
+    The handlers are in place before the start begins, so a signal during a slow start (model_svc loads its
+    model) still stops the server once it is up, rather than killing the process half-started.
+    """
+    signalled = asyncio.create_task(wait_for_signal())
+    await asyncio.sleep(0)  # let the task install the handlers
+    try:
+        server = await start()
+    except BaseException:
+        signalled.cancel()
+        raise
+    sig = await signalled
+    log.info("%s received; shutting down (grace %.1fs)", sig.name, grace_s)
+    await server.stop(grace_s)
 
 
 def metrics_to_proto(metrics: dict[str, Any]) -> common_pb2.Metrics:

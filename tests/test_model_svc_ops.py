@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +15,18 @@ from typing import Any
 import grpc
 import pytest
 
-from model_svc.server import ModelServer
+from model_svc.server import ModelServer, start_server
 from protos import predict_pb2, predict_pb2_grpc
 from sentiment import bundle
 from sentiment.store import open_store
 from sentiment.synthetic import CLEARLY_POSITIVE
-from tests.fixtures_model import add_version, corrupt_checksum, health_status, set_format_version
+from tests.fixtures_model import (
+    add_version,
+    corrupt_checksum,
+    health_status,
+    model_config,
+    set_format_version,
+)
 
 
 def stub_for(server: ModelServer) -> tuple[grpc.aio.Channel, predict_pb2_grpc.PredictServiceStub]:
@@ -167,3 +175,25 @@ async def test_loads_from_an_s3_store(
     reply = await stub.Predict(predict_pb2.PredictRequest(text=CLEARLY_POSITIVE[1]), timeout=10)
     assert reply.model_version == "s3v1" and reply.score > 0.5
     await channel.close()
+
+
+async def test_a_failed_start_frees_its_port_and_its_temp_dir(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_model_server: Callable[..., Any]
+) -> None:
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
+    with socket.socket() as taken:  # the metrics port is in use: the start fails after gRPC listens
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        config = model_config(
+            model_store, listen_addr=f"127.0.0.1:{grpc_port}", metrics_port=taken.getsockname()[1]
+        )
+        with pytest.raises(OSError):
+            await start_server(config)
+    assert list(temp_root.iterdir()) == [], "the model folder of a failed start is left behind"
+    server = await start_model_server(model_store, listen_addr=f"127.0.0.1:{grpc_port}")
+    assert server.port == grpc_port, "the gRPC port of a failed start is still taken"

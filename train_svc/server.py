@@ -89,13 +89,4 @@ async def start_server(config: TrainConfig) -> TrainServer:
 
 async def serve(config: TrainConfig) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    signal_received = asyncio.create_task(rpc.wait_for_signal())
-    await asyncio.sleep(0)  # the handlers are installed before the server can say SERVING
-    try:
-        server = await start_server(config)
-    except BaseException:
-        signal_received.cancel()
-        raise
-    sig = await signal_received
-    log.info("%s received; shutting down", sig.name)
-    await server.stop(config.grace_s)
+    await rpc.serve_until_signal(lambda: start_server(config), config.grace_s)
