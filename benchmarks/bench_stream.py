@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,14 @@ import aioboto3
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from model_svc.client import PredictClient
+from model_svc.client import PredictClient, Prediction
 from scripts.local_aws import LocalAws, free_port
-from sentiment.synthetic import generate, write_jsonl, write_sentiment140
+from sentiment.synthetic import SyntheticTweet, generate, write_jsonl, write_sentiment140
 from stream_svc.deadletter import DeadLetterFile
-from stream_svc.pipeline import Pipeline
+from stream_svc.pipeline import Pipeline, make_item, utc_timestamp
 from stream_svc.sink import DynamoSink, client_config, create_table, to_dynamodb
 from stream_svc.sources import ReplaySource
-from stream_svc.tweets import clean_text
+from stream_svc.tweets import Tweet, clean_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,20 +130,19 @@ async def wait_serving(proc: subprocess.Popen[bytes], port: int, work: Path) -> 
             await asyncio.sleep(0.2)
 
 
+def as_tweet(t: SyntheticTweet) -> Tweet:
+    return Tweet(t.id, t.user, t.text, t.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+
+
 def synthetic_items(n: int, seed: int) -> list[dict[str, Any]]:
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    now = utc_timestamp()
     return [
-        {
-            "id": t.id,
-            "user": t.user,
-            "sentiment": "POSITIVE" if t.label else "NEGATIVE",
-            "score": Decimal("0.873214") if t.label else Decimal("0.102938"),
-            "twitter_raw": t.text,
-            "twitter_clean": clean_text(t.text),
-            "data": t.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "model_version": "v1",
-            "analyzed_at": now,
-        }
+        make_item(
+            as_tweet(t),
+            clean_text(t.text),
+            Prediction("POSITIVE" if t.label else "NEGATIVE", 0.873214 if t.label else 0.102938, "v1"),
+            now,
+        )
         for t in generate(n, seed=seed)
     ]
 
@@ -194,17 +192,7 @@ async def original_design(port: int, n: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             clean = clean_text(tweet.text)
             prediction = await predictor.predict(clean)
-            item = {
-                "id": tweet.id,
-                "user": tweet.user,
-                "sentiment": prediction.label,
-                "score": Decimal(f"{prediction.score:.6f}"),
-                "twitter_raw": tweet.text,
-                "twitter_clean": clean,
-                "data": tweet.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                "model_version": prediction.model_version,
-                "analyzed_at": datetime.now(UTC).isoformat(),
-            }
+            item = make_item(as_tweet(tweet), clean, prediction, utc_timestamp())
             await client.put_item(TableName=table, Item=to_dynamodb(item))
             latencies.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - started

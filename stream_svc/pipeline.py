@@ -81,16 +81,20 @@ class _Analyzed:
 _END: Any = object()  # end of a queue's stream, one per consumer
 
 
-def make_item(pending: _Pending, prediction: Prediction, analyzed_at: str) -> dict[str, Any]:
+def utc_timestamp() -> str:
+    """Now, as the table's `analyzed_at` holds it: ISO 8601 UTC with a Z."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def make_item(tweet: Tweet, clean: str, prediction: Prediction, analyzed_at: str) -> dict[str, Any]:
     """The table item, with the original design's names; `score` a Decimal (a DynamoDB Number)."""
-    tweet = pending.tweet
     return {
         "id": tweet.id,
         "user": tweet.user,
         "sentiment": prediction.label,
         "score": Decimal(f"{prediction.score:.6f}"),
         "twitter_raw": tweet.text,
-        "twitter_clean": pending.clean,
+        "twitter_clean": clean,
         "data": tweet.date,
         "model_version": prediction.model_version,
         "analyzed_at": analyzed_at,
@@ -230,14 +234,18 @@ class Pipeline:
     async def _predict_worker(self) -> None:
         while (batch := await self._batches.get()) is not _END:
             outcomes = await self._predict(batch)
-            analyzed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            analyzed_at = utc_timestamp()
             failed: list[tuple[dict[str, Any], str]] = []
             ready: list[_Analyzed] = []
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, str):
                     failed.append((_tweet_record(pending), outcome))
                 else:
-                    ready.append(_Analyzed(make_item(pending, outcome, analyzed_at), pending.received_at))
+                    ready.append(
+                        _Analyzed(
+                            make_item(pending.tweet, pending.clean, outcome, analyzed_at), pending.received_at
+                        )
+                    )
             self._dead_letter("predict", failed)
             self.counters.predicted += len(ready)
             metrics.PREDICTED.inc(len(ready))

@@ -48,15 +48,17 @@ def summarize(items: Sequence[Mapping[str, Any]], recent: int = 5) -> Summary:
     for item in items:
         scores.setdefault(str(item.get("sentiment", "")), []).append(float(item.get("score", 0)))
     all_scores = [s for values in scores.values() for s in values]
-    per_hour = Counter(_hour(m) for m in map(_moment, items) if m is not None)
-    ordered = sorted(items, key=lambda i: _moment(i) or datetime.min.replace(tzinfo=UTC), reverse=True)
+    moments = [_moment(item) for item in items]  # parsed once: ISO parsing is the cost on a big table
+    per_hour = Counter(_hour(m) for m in moments if m is not None)
+    oldest = datetime.min.replace(tzinfo=UTC)
+    newest_first = sorted(range(len(items)), key=lambda i: moments[i] or oldest, reverse=True)
     return Summary(
         total=len(items),
         by_sentiment=dict(by_sentiment),
         average_score=sum(all_scores) / len(all_scores) if all_scores else 0.0,
         average_score_by_sentiment={k: sum(v) / len(v) for k, v in scores.items()},
         per_hour=dict(sorted(per_hour.items())),
-        recent=[dict(i) for i in ordered[:recent]],
+        recent=[dict(items[i]) for i in newest_first[:recent]],
     )
 
 
