@@ -101,6 +101,7 @@ def summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "test_rows": metrics["test_rows"],
         "train_rows": manifest["split"]["train"],
         "epochs_run": manifest["epochs_run"],
+        "epoch_kept": manifest["epoch_kept"],
         "vocabulary_size": manifest["vocabulary_size"],
         "read_s": timings["read_s"],
         "word2vec_s": timings["word2vec_s"],

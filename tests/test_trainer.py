@@ -27,6 +27,7 @@ def test_tiny_model_learns_and_bundle_verifies(tiny_bundle_dir: Path) -> None:
     assert manifest["recipe"] == Recipe().to_dict()
     assert set(manifest["text"]) >= {"drop_stop_words", "emoticon_tokens", "number_token", "max_repeat"}
     assert {"read_s", "word2vec_s", "fit_s", "tweets_per_s_per_epoch"} <= set(manifest["timings"])
+    assert 1 <= manifest["epoch_kept"] <= manifest["epochs_run"] <= TINY_PARAMS.epochs
 
 
 def test_padding_width_does_not_change_a_score(tiny_bundle_dir: Path) -> None:

@@ -227,19 +227,22 @@ def train(
     frozen_epochs = min(recipe.frozen_epochs, params.epochs)
     if frozen_epochs:
         fit(frozen_epochs, params.seed, recipe.learning_rate, [])
+    epoch_kept = frozen_epochs
     if params.epochs > frozen_epochs:
         model.get_layer("word2vec").trainable = True  # recompiled by fit()
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
+        )
         fit(
             params.epochs - frozen_epochs,
             params.seed + 1,
             recipe.fine_tune_lr if frozen_epochs else recipe.learning_rate,
             [
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_lr=1e-5),
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
-                ),
+                stopper,
             ],
         )
+        epoch_kept += stopper.best_epoch + 1  # its weights were restored at the end
     timings["fit_s"] = time.monotonic() - t0
     timings["tweets_per_s_per_epoch"] = len(train_idx) * epochs_done / max(timings["fit_s"], 1e-9)
     check_stop()
@@ -273,6 +276,7 @@ def train(
         "thresholds": {"negative_max": thresholds.negative_max, "positive_min": thresholds.positive_min},
         "vocabulary_size": len(vocab),
         "epochs_run": epochs_done,
+        "epoch_kept": epoch_kept,  # the epoch (from 1) whose weights the bundle holds: the lowest val_loss
         "split": {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)},
         "dataset_rows": {
             "read": stats.rows_read,
