@@ -52,15 +52,28 @@ class ModelServer:
         self.reload_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reload_task
-        await self.server.stop(grace_s)
-        await self.predictor.batcher.aclose(drain=True)
-        await self.store.aclose()
-        if self.metrics_http is not None:
-            self.metrics_http.shutdown()
-            self.metrics_http.server_close()
-        if self.temp_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+        await _release(self.server, grace_s, self.predictor, self.store, self.metrics_http, self.temp_dir)
         log.info("model server stopped")
+
+
+async def _release(
+    server: grpc.aio.Server,
+    grace_s: float,
+    predictor: Predictor,
+    store: ArtifactStore,
+    metrics_http: Any,
+    temp_dir: Path | None,
+) -> None:
+    """Finish in-flight RPCs within `grace_s`, drain the batcher, close the store client, the metrics
+    endpoint and the temporary model folder: a stop, or a start that failed part-way."""
+    await server.stop(grace_s)
+    await predictor.batcher.aclose(drain=True)
+    await store.aclose()
+    if metrics_http is not None:
+        metrics_http.shutdown()
+        metrics_http.server_close()
+    if temp_dir is not None:
+        await asyncio.to_thread(shutil.rmtree, temp_dir, True)
 
 
 async def start_server(config: ModelConfig) -> ModelServer:
@@ -108,14 +121,7 @@ async def start_server(config: ModelConfig) -> ModelServer:
         )
         await reloader.check()
     except BaseException:
-        await server.stop(0)
-        if metrics_http is not None:
-            metrics_http.shutdown()
-            metrics_http.server_close()
-        await predictor.batcher.aclose(drain=False)
-        await store.aclose()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        await _release(server, 0, predictor, store, metrics_http, temp_dir)
         raise
     reload_task = asyncio.get_running_loop().create_task(reloader.run(), name="model-reload")
     return ModelServer(
