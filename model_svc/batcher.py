@@ -49,8 +49,10 @@ class Batcher(Generic[T, R]):
       RuntimeError, and an exception from `fn` fails every item of that batch with that exception.
     - Admission is bounded: when more than `max_queued` items would be waiting or running, `submit` raises
       Overloaded at once (a batch of items is admitted whole or not at all).
-    - An item whose `deadline` (time.monotonic()) has passed when its batch starts is not computed; its
-      future fails with DeadlineExpired.
+    - An item whose `deadline` (time.monotonic()) cannot be met is not computed; its future fails with
+      DeadlineExpired. "Cannot be met" uses `expected_run_s(n)`, the least time a batch of n items takes:
+      a submission with less time left than that is refused at once, and an item with less time left than
+      its batch's expected run when the batch starts is dropped from it.
     - `aclose()` refuses new items (BatcherClosed); with `drain=True` it first runs what is queued,
       otherwise it fails the queued items with BatcherClosed. Either way no future is left pending.
     """
@@ -62,10 +64,12 @@ class Batcher(Generic[T, R]):
         max_wait_s: float,
         max_queued: int | None = None,
         name: str = "batcher",
+        expected_run_s: Callable[[int], float] = lambda n: 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._fn = fn
+        self.expected_run_s = expected_run_s
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued
@@ -99,6 +103,8 @@ class Batcher(Generic[T, R]):
     def _enqueue(self, items: Sequence[T], deadline: float | None) -> list[asyncio.Future[R]]:
         if self._closed:
             raise BatcherClosed("the server is shutting down")
+        if deadline is not None and deadline - time.monotonic() < self.expected_run_s(len(items)):
+            raise DeadlineExpired("the deadline leaves less time than computing the texts takes")
         if self.max_queued is not None and self.in_flight + len(items) > self.max_queued:
             raise Overloaded(
                 f"server overloaded: {self.in_flight} texts queued, {len(items)} more would pass the limit "
@@ -201,9 +207,9 @@ class Batcher(Generic[T, R]):
                     )
 
     def _call(self, batch: list[_Entry[T, R]]) -> tuple[list[_Entry[T, R]], Sequence[R]]:
-        """On the inference thread: drop items whose deadline has passed, run fn on the rest."""
-        now = time.monotonic()
-        live = [e for e in batch if e.deadline is None or e.deadline > now]
+        """On the inference thread: drop items whose deadline the batch would miss, run fn on the rest."""
+        done_at = time.monotonic() + self.expected_run_s(len(batch))
+        live = [e for e in batch if e.deadline is None or e.deadline > done_at]
         if not live:
             return live, []
         results = self._fn([e.item for e in live])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
 from sentiment.config import Environ, available_cpus, env_float, env_int, env_str
 from sentiment.errors import ConfigError
 
@@ -26,6 +27,10 @@ class ModelConfig:
     metrics_port: int = 8002  # 0 = off
     grace_s: float = 10.0
     log_level: str = "INFO"
+    model_max_bytes: int = DEFAULT_LIMITS.max_model_bytes  # model.keras on disk, expanded, and its weights
+    load_timeout_s: float = (
+        300.0  # fetch + verify + load + warm of one version; past it the load is abandoned
+    )
 
     def __post_init__(self) -> None:
         if self.queue_max_texts < self.max_batch_texts:
@@ -60,4 +65,10 @@ class ModelConfig:
             metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
             grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
             log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
+            model_max_bytes=env_int(environ, "MODEL_MAX_BYTES", cls.model_max_bytes, minimum=1),
+            load_timeout_s=env_float(environ, "LOAD_TIMEOUT_S", cls.load_timeout_s, minimum=0.001),
         )
+
+    @property
+    def bundle_limits(self) -> BundleLimits:
+        return replace(DEFAULT_LIMITS, max_model_bytes=self.model_max_bytes)

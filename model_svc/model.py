@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sentiment.bundle import LocalBundle, Thresholds
+from sentiment.bundle import DEFAULT_LIMITS, LocalBundle, Thresholds
+from sentiment.errors import BundleError
 from sentiment.text import encode, tokenize
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # `LoadedModel.warm` measures the model it loads and replaces these.
 CALL_COST = 1000.0
 STEP_COST = 60.0
+TYPICAL_TOKENS = 8  # fewer than most tweets have: the expected batch time stays a lower bound
 
 
 def configure_threads(intra_op: int, inter_op: int) -> bool:
@@ -91,10 +93,30 @@ def group_by_length(
     return groups[::-1]
 
 
+def _check_fits(model: Any, bundle: LocalBundle, max_weight_bytes: int) -> None:
+    """The model takes int ids of one sequence, every vocabulary id has an embedding row, and its weights
+    stay within the budget; otherwise a bundle could load and then fail (or answer nonsense) on every batch."""
+    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    if weight_bytes > max_weight_bytes:
+        raise BundleError(
+            f"model {bundle.version}: weights take {weight_bytes:,} bytes, more than {max_weight_bytes:,}"
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise BundleError(f"model {bundle.version}: expected one input and one output")
+    rows = [layer.input_dim for layer in model.layers if hasattr(layer, "input_dim")]
+    if not rows or min(rows) < len(bundle.vocabulary):
+        raise BundleError(
+            f"model {bundle.version}: its embedding has {min(rows, default=0):,} rows for a vocabulary of "
+            f"{len(bundle.vocabulary):,} ids"
+        )
+
+
 class LoadedModel:
     """A verified bundle in memory. Thread-safe to call; the server calls it from one thread."""
 
-    def __init__(self, bundle: LocalBundle) -> None:
+    def __init__(self, bundle: LocalBundle, max_weight_bytes: int = DEFAULT_LIMITS.max_model_bytes) -> None:
+        """Load the verified bundle's model; BundleError when it does not fit its vocabulary or the weight
+        budget (the archive was size-checked before; this checks what Keras actually built)."""
         import keras
 
         import train_svc.layers  # noqa: F401  (registers the bundle's custom layers for loading)
@@ -106,8 +128,10 @@ class LoadedModel:
         self.sequence_length = bundle.preprocessing.sequence_length
         self._text_config = bundle.preprocessing.text
         self._vocabulary = bundle.vocabulary
-        self.keras_model: Any = keras.models.load_model(bundle.model_path, compile=False)
+        # safe_mode: a bundle is store data, so no Lambda layer may bring code with it.
+        self.keras_model: Any = keras.models.load_model(bundle.model_path, compile=False, safe_mode=True)
         model = self.keras_model
+        _check_fits(model, bundle, max_weight_bytes)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
         def scores(ids: tf.Tensor) -> tf.Tensor:
@@ -115,6 +139,7 @@ class LoadedModel:
 
         self._scores = scores
         self.call_cost, self.step_cost = CALL_COST, STEP_COST
+        self.call_s = self.text_s = 0.0  # measured by warm()
         self.load_s = time.monotonic() - started
 
     def warm(self) -> float:
@@ -140,10 +165,16 @@ class LoadedModel:
         call = one_short - step - row
         if row > 0 and step > 0 and call > 0:
             self.call_cost, self.step_cost = call / row, step / row
+        self.call_s = one_short
+        self.text_s = max(row, 0.0) * TYPICAL_TOKENS
         log.debug(
             "cost model of %s: call %.0f, step %.0f row-steps", self.version, self.call_cost, self.step_cost
         )
         return time.monotonic() - started
+
+    def expected_batch_s(self, texts: int) -> float:
+        """The least time a batch of `texts` takes (one compiled call plus each text's rows), from warm()."""
+        return self.call_s + texts * self.text_s
 
     def score_ids(self, ids: np.ndarray) -> np.ndarray:
         """Scores of an int32 id matrix (pre-padded with 0), through the compiled function."""

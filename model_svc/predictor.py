@@ -29,7 +29,12 @@ class Predictor:
         self.max_batch_texts = max_batch_texts
         self.model: LoadedModel | None = None
         self.batcher: Batcher[str, Scored] = Batcher(
-            self._run_batch, batch_max_size, batch_max_wait_s, max_queued=queue_max_texts, name="inference"
+            self._run_batch,
+            batch_max_size,
+            batch_max_wait_s,
+            max_queued=queue_max_texts,
+            name="inference",
+            expected_run_s=self._expected_run_s,
         )
         self.texts_computed = 0
         self.batches_run = 0
@@ -38,6 +43,10 @@ class Predictor:
         """Serve `model` from the next batch on; returns the one it replaces."""
         old, self.model = self.model, model
         return old
+
+    def _expected_run_s(self, texts: int) -> float:
+        model = self.model
+        return model.expected_batch_s(texts) if model is not None else 0.0
 
     @property
     def version(self) -> str:

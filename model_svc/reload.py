@@ -1,10 +1,16 @@
-"""Hot reload: poll `models/CURRENT`; fetch, load and warm a new version beside the old one, then swap."""
+"""Hot reload: poll `models/CURRENT`; fetch, load and warm a new version beside the old one, then swap.
+
+Everything read from the store is input: the version CURRENT names is checked by `bundle.read_current`, each
+load gets a folder of its own made here (`tempfile.mkdtemp` under MODEL_DIR, never a path built from the
+version), the bundle is verified against `BundleLimits` before Keras opens it, and a load that outlives
+`load_timeout_s` is abandoned while the old model keeps serving and polling goes on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,12 +20,18 @@ from model_svc import metrics
 from model_svc.model import LoadedModel
 from model_svc.predictor import Predictor
 from sentiment import bundle
+from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
 from sentiment.errors import BundleError, NotFound
+from sentiment.names import remove_tree
 from sentiment.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 600.0
+
+
+class LoadTimedOut(Exception):
+    """A fetch + load + warm took longer than its budget; it is abandoned and retried later."""
 
 
 @dataclass
@@ -32,10 +44,10 @@ class _Failure:
 class Reloader:
     """Keeps `predictor.model` equal to the version `models/CURRENT` names, whenever that version loads.
 
-    A version that fails verification (BundleError: format version, checksum, missing file) is refused for
-    good, since versions are immutable; any other failure (store unreachable, a version not found) is
-    retried with exponential backoff. Either way the old model keeps serving. `on_loaded` is awaited
-    after each swap.
+    A version that fails verification (BundleError: format version, checksum, missing file, a field out of
+    `limits`) is refused for good, since versions are immutable; any other failure (store unreachable, a
+    version not found, a load past `load_timeout_s`) is retried with exponential backoff. Either way the
+    old model keeps serving. `on_loaded` is awaited after each swap.
     """
 
     def __init__(
@@ -45,13 +57,19 @@ class Reloader:
         predictor: Predictor,
         interval_s: float,
         on_loaded: Callable[[LoadedModel], Awaitable[None]] | None = None,
+        limits: BundleLimits = DEFAULT_LIMITS,
+        load_timeout_s: float = 300.0,
     ) -> None:
         self.store = store
         self.model_dir = model_dir
         self.predictor = predictor
         self.interval_s = interval_s
         self.on_loaded = on_loaded
+        self.limits = limits
+        self.load_timeout_s = load_timeout_s
         self.failures: dict[str, _Failure] = {}
+        # Loads abandoned at their deadline, still running: a version is not loaded again until its ends.
+        self.abandoned: dict[str, asyncio.Future[None]] = {}
         self._attempted: dict[str, asyncio.Event] = {}
         self._told_nothing_promoted = False
         self.current_version: str | None = None  # what models/CURRENT named at the last poll
@@ -71,6 +89,7 @@ class Reloader:
         try:
             version = await bundle.read_current(self.store)
         except Exception as exc:
+            metrics.RELOAD_FAILURES.inc()
             log.warning("cannot read %s from %s: %s", bundle.CURRENT_KEY, self.store.uri, exc)
             return False
         self.current_version = version
@@ -84,6 +103,8 @@ class Reloader:
         failure = self.failures.get(version)
         if failure is not None and (failure.retry_at is None or time.monotonic() < failure.retry_at):
             return False
+        if version in self.abandoned:
+            return False
         try:
             return await self._load(version)
         finally:
@@ -91,13 +112,19 @@ class Reloader:
 
     async def _load(self, version: str) -> bool:
         started = time.monotonic()
-        directory = self.model_dir / version
+        directory = Path(await asyncio.to_thread(tempfile.mkdtemp, f"{version}-", None, self.model_dir))
         try:
-            local = await bundle.fetch(self.store, version, directory)
-            model = await asyncio.to_thread(_load_and_warm, local)
+            async with asyncio.timeout(self.load_timeout_s):
+                local = await bundle.fetch(self.store, version, directory, self.limits)
+                model = await self._load_in_thread(local)
         except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = LoadTimedOut(
+                    f"fetch + load + warm took longer than {self.load_timeout_s:g}s; abandoned"
+                )
             self._record_failure(version, exc)
-            await asyncio.to_thread(shutil.rmtree, directory, True)
+            if version not in self.abandoned:
+                await self._remove(directory)
             return False
         elapsed = time.monotonic() - started
         old = self.predictor.swap(model)
@@ -107,7 +134,7 @@ class Reloader:
         if old is not None:
             metrics.MODEL.remove(old.version)
             metrics.MODEL_LOAD_SECONDS.remove(old.version)
-            await asyncio.to_thread(shutil.rmtree, self.model_dir / old.version, True)
+            await self._remove(old.bundle.directory)
         log.info(
             "model %s serving (fetch + load + warm %.2fs%s)",
             version,
@@ -118,6 +145,32 @@ class Reloader:
         if self.on_loaded is not None:
             await self.on_loaded(model)
         return True
+
+    async def _load_in_thread(self, local: bundle.LocalBundle) -> LoadedModel:
+        """Load and warm in a worker thread. A thread cannot be stopped: when the caller's deadline cancels
+        this, the load is left to end on its own in `abandoned`, is never swapped in, and its folder goes."""
+        load = asyncio.ensure_future(asyncio.to_thread(_load_and_warm, local, self.limits.max_model_bytes))
+        try:
+            return await asyncio.shield(load)
+        except asyncio.CancelledError:
+            self.abandoned[local.version] = asyncio.ensure_future(self._outlive(load, local))
+            raise
+
+    async def _outlive(self, load: asyncio.Future[LoadedModel], local: bundle.LocalBundle) -> None:
+        try:
+            await load
+        except Exception:
+            pass  # it was abandoned: what it raised no longer matters
+        await self._remove(local.directory)
+        del self.abandoned[local.version]
+        log.info("abandoned load of model %s ended", local.version, extra={"model_version": local.version})
+
+    async def _remove(self, directory: Path) -> None:
+        """Delete a folder this reloader made under MODEL_DIR; a failure is logged, never raised."""
+        try:
+            await asyncio.to_thread(remove_tree, self.model_dir, directory)
+        except (OSError, ValueError) as exc:
+            log.error("could not remove %s: %s", directory, exc)
 
     def _record_failure(self, version: str, exc: Exception) -> None:
         metrics.RELOAD_FAILURES.inc()
@@ -148,8 +201,8 @@ class Reloader:
         )
 
 
-def _load_and_warm(local: bundle.LocalBundle) -> LoadedModel:
-    model = LoadedModel(local)
+def _load_and_warm(local: bundle.LocalBundle, max_weight_bytes: int) -> LoadedModel:
+    model = LoadedModel(local, max_weight_bytes)
     warm_s = model.warm()
     log.debug("model %s loaded in %.2fs, warmed in %.2fs", local.version, model.load_s, warm_s)
     return model

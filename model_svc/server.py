@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from model_svc.reload import Reloader
 from model_svc.servicer import SERVICE_NAME, PredictService
 from protos import predict_pb2_grpc
 from sentiment import rpc
+from sentiment.names import remove_tree
 from sentiment.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ async def _release(
         metrics_http.shutdown()
         metrics_http.server_close()
     if temp_dir is not None:
-        await asyncio.to_thread(shutil.rmtree, temp_dir, True)
+        try:
+            await asyncio.to_thread(remove_tree, Path(tempfile.gettempdir()), temp_dir)
+        except (OSError, ValueError) as exc:
+            log.error("could not remove %s: %s", temp_dir, exc)
 
 
 async def start_server(config: ModelConfig) -> ModelServer:
@@ -88,6 +91,7 @@ async def start_server(config: ModelConfig) -> ModelServer:
     temp_dir = None if config.model_dir else Path(tempfile.mkdtemp(prefix="model_svc-"))
     model_dir = Path(config.model_dir) if config.model_dir else temp_dir
     assert model_dir is not None
+    model_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(
         max_text_chars=config.max_text_chars,
         max_batch_texts=config.max_batch_texts,
@@ -97,7 +101,12 @@ async def start_server(config: ModelConfig) -> ModelServer:
     )
     metrics.QUEUE_TEXTS.set_function(lambda: predictor.batcher.queued)
 
-    server = grpc.aio.server(options=rpc.server_options(config.max_message_bytes))
+    server = grpc.aio.server(
+        options=rpc.server_options(config.max_message_bytes),
+        interceptors=[
+            rpc.UndecodableRequests(lambda name: metrics.REQUESTS.labels(name, "INVALID_ARGUMENT").inc())
+        ],
+    )
     metrics_http = None
     try:  # a start that fails part-way (port taken, bad TLS files) frees what it had taken
         health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
@@ -105,7 +114,15 @@ async def start_server(config: ModelConfig) -> ModelServer:
         async def on_loaded(model: LoadedModel) -> None:
             await rpc.set_serving(health_servicer, [SERVICE_NAME], True)
 
-        reloader = Reloader(store, model_dir, predictor, config.reload_interval_s, on_loaded)
+        reloader = Reloader(
+            store,
+            model_dir,
+            predictor,
+            config.reload_interval_s,
+            on_loaded,
+            limits=config.bundle_limits,
+            load_timeout_s=config.load_timeout_s,
+        )
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
             PredictService(predictor, lambda: reloader.current_version), server
         )

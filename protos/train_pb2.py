@@ -26,37 +26,37 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/train.proto\x12\x0csentiment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"\xc0\x01\n\x0bTrainParams\x12\x10\n\x08max_rows\x18\x01 \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12\x15\n\rembedding_dim\x18\x05 \x01(\x05\x12\x12\n\nw2v_epochs\x18\x06 \x01(\x05\x12\x15\n\rw2v_min_count\x18\x07 \x01(\x05\x12\x12\n\nlstm_units\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\"u\n\x0cTrainRequest\x12\x13\n\x0b\x64\x61taset_uri\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.sentiment.v1.TrainParams\x12\x0f\n\x07promote\x18\x03 \x01(\x08\x12\x14\n\x0cmin_accuracy\x18\x04 \x01(\x02\"\x92\x04\n\x08TrainJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.sentiment.v1.JobState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x02\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12&\n\x07metrics\x18\t \x01(\x0b\x32\x15.sentiment.v1.Metrics\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x13\n\x0b\x64\x61taset_uri\x18\x0b \x01(\t\x12)\n\x06params\x18\x0c \x01(\x0b\x32\x19.sentiment.v1.TrainParams\x12\x0f\n\x07promote\x18\r \x01(\x08\x12\x14\n\x0cmin_accuracy\x18\x0e \x01(\x02\x12\x10\n\x08promoted\x18\x0f \x01(\x08\x12\x11\n\trows_read\x18\x10 \x01(\x03\x12\x16\n\x0emalformed_rows\x18\x11 \x01(\x03\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.sentiment.v1.TrainJob\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"V\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sentiment.v1.ModelInfo\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\"&\n\x13PromoteModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xfc\x03\n\x0cTrainService\x12;\n\x05Train\x12\x1a.sentiment.v1.TrainRequest\x1a\x16.sentiment.v1.TrainJob\x12=\n\x06GetJob\x12\x1b.sentiment.v1.GetJobRequest\x1a\x16.sentiment.v1.TrainJob\x12\x43\n\x08WatchJob\x12\x1d.sentiment.v1.WatchJobRequest\x1a\x16.sentiment.v1.TrainJob0\x01\x12I\n\x08ListJobs\x12\x1d.sentiment.v1.ListJobsRequest\x1a\x1e.sentiment.v1.ListJobsResponse\x12\x43\n\tCancelJob\x12\x1e.sentiment.v1.CancelJobRequest\x1a\x16.sentiment.v1.TrainJob\x12O\n\nListModels\x12\x1f.sentiment.v1.ListModelsRequest\x1a .sentiment.v1.ListModelsResponse\x12J\n\x0cPromoteModel\x12!.sentiment.v1.PromoteModelRequest\x1a\x17.sentiment.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/train.proto\x12\x0csentiment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"\xc0\x01\n\x0bTrainParams\x12\x10\n\x08max_rows\x18\x01 \x01(\x03\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12\x15\n\rembedding_dim\x18\x05 \x01(\x05\x12\x12\n\nw2v_epochs\x18\x06 \x01(\x05\x12\x15\n\rw2v_min_count\x18\x07 \x01(\x05\x12\x12\n\nlstm_units\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\"u\n\x0cTrainRequest\x12\x13\n\x0b\x64\x61taset_uri\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.sentiment.v1.TrainParams\x12\x0f\n\x07promote\x18\x03 \x01(\x08\x12\x14\n\x0cmin_accuracy\x18\x04 \x01(\x02\"\xa2\x04\n\x08TrainJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.sentiment.v1.JobState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x02\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12&\n\x07metrics\x18\t \x01(\x0b\x32\x15.sentiment.v1.Metrics\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x13\n\x0b\x64\x61taset_uri\x18\x0b \x01(\t\x12)\n\x06params\x18\x0c \x01(\x0b\x32\x19.sentiment.v1.TrainParams\x12\x0f\n\x07promote\x18\r \x01(\x08\x12\x14\n\x0cmin_accuracy\x18\x0e \x01(\x02\x12\x10\n\x08promoted\x18\x0f \x01(\x08\x12\x11\n\trows_read\x18\x10 \x01(\x03\x12\x16\n\x0emalformed_rows\x18\x11 \x01(\x03\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06notice\x18\x15 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.sentiment.v1.TrainJob\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"V\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sentiment.v1.ModelInfo\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\"&\n\x13PromoteModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xfc\x03\n\x0cTrainService\x12;\n\x05Train\x12\x1a.sentiment.v1.TrainRequest\x1a\x16.sentiment.v1.TrainJob\x12=\n\x06GetJob\x12\x1b.sentiment.v1.GetJobRequest\x1a\x16.sentiment.v1.TrainJob\x12\x43\n\x08WatchJob\x12\x1d.sentiment.v1.WatchJobRequest\x1a\x16.sentiment.v1.TrainJob0\x01\x12I\n\x08ListJobs\x12\x1d.sentiment.v1.ListJobsRequest\x1a\x1e.sentiment.v1.ListJobsResponse\x12\x43\n\tCancelJob\x12\x1e.sentiment.v1.CancelJobRequest\x1a\x16.sentiment.v1.TrainJob\x12O\n\nListModels\x12\x1f.sentiment.v1.ListModelsRequest\x1a .sentiment.v1.ListModelsResponse\x12J\n\x0cPromoteModel\x12!.sentiment.v1.PromoteModelRequest\x1a\x17.sentiment.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.train_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1267
-  _globals['_JOBSTATE']._serialized_end=1371
+  _globals['_JOBSTATE']._serialized_start=1283
+  _globals['_JOBSTATE']._serialized_end=1387
   _globals['_TRAINPARAMS']._serialized_start=91
   _globals['_TRAINPARAMS']._serialized_end=283
   _globals['_TRAINREQUEST']._serialized_start=285
   _globals['_TRAINREQUEST']._serialized_end=402
   _globals['_TRAINJOB']._serialized_start=405
-  _globals['_TRAINJOB']._serialized_end=935
-  _globals['_GETJOBREQUEST']._serialized_start=937
-  _globals['_GETJOBREQUEST']._serialized_end=968
-  _globals['_WATCHJOBREQUEST']._serialized_start=970
-  _globals['_WATCHJOBREQUEST']._serialized_end=1003
-  _globals['_LISTJOBSREQUEST']._serialized_start=1005
-  _globals['_LISTJOBSREQUEST']._serialized_end=1022
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1024
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1080
-  _globals['_CANCELJOBREQUEST']._serialized_start=1082
-  _globals['_CANCELJOBREQUEST']._serialized_end=1116
-  _globals['_LISTMODELSREQUEST']._serialized_start=1118
-  _globals['_LISTMODELSREQUEST']._serialized_end=1137
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1139
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1225
-  _globals['_PROMOTEMODELREQUEST']._serialized_start=1227
-  _globals['_PROMOTEMODELREQUEST']._serialized_end=1265
-  _globals['_TRAINSERVICE']._serialized_start=1374
-  _globals['_TRAINSERVICE']._serialized_end=1882
+  _globals['_TRAINJOB']._serialized_end=951
+  _globals['_GETJOBREQUEST']._serialized_start=953
+  _globals['_GETJOBREQUEST']._serialized_end=984
+  _globals['_WATCHJOBREQUEST']._serialized_start=986
+  _globals['_WATCHJOBREQUEST']._serialized_end=1019
+  _globals['_LISTJOBSREQUEST']._serialized_start=1021
+  _globals['_LISTJOBSREQUEST']._serialized_end=1038
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1040
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1096
+  _globals['_CANCELJOBREQUEST']._serialized_start=1098
+  _globals['_CANCELJOBREQUEST']._serialized_end=1132
+  _globals['_LISTMODELSREQUEST']._serialized_start=1134
+  _globals['_LISTMODELSREQUEST']._serialized_end=1153
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1155
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1241
+  _globals['_PROMOTEMODELREQUEST']._serialized_start=1243
+  _globals['_PROMOTEMODELREQUEST']._serialized_end=1281
+  _globals['_TRAINSERVICE']._serialized_start=1390
+  _globals['_TRAINSERVICE']._serialized_end=1898
 # @@protoc_insertion_point(module_scope)

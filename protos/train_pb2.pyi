@@ -61,7 +61,7 @@ class TrainRequest(_message.Message):
     def __init__(self, dataset_uri: _Optional[str] = ..., params: _Optional[_Union[TrainParams, _Mapping]] = ..., promote: _Optional[bool] = ..., min_accuracy: _Optional[float] = ...) -> None: ...
 
 class TrainJob(_message.Message):
-    __slots__ = ("job_id", "state", "stage", "epoch", "epochs", "loss", "accuracy", "model_version", "metrics", "error", "dataset_uri", "params", "promote", "min_accuracy", "promoted", "rows_read", "malformed_rows", "created_at", "started_at", "finished_at")
+    __slots__ = ("job_id", "state", "stage", "epoch", "epochs", "loss", "accuracy", "model_version", "metrics", "error", "dataset_uri", "params", "promote", "min_accuracy", "promoted", "rows_read", "malformed_rows", "created_at", "started_at", "finished_at", "notice")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class TrainJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     stage: str
@@ -102,7 +103,8 @@ class TrainJob(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[str] = ..., epoch: _Optional[int] = ..., epochs: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., model_version: _Optional[str] = ..., metrics: _Optional[_Union[_common_pb2.Metrics, _Mapping]] = ..., error: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., params: _Optional[_Union[TrainParams, _Mapping]] = ..., promote: _Optional[bool] = ..., min_accuracy: _Optional[float] = ..., promoted: _Optional[bool] = ..., rows_read: _Optional[int] = ..., malformed_rows: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    notice: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[str] = ..., epoch: _Optional[int] = ..., epochs: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., model_version: _Optional[str] = ..., metrics: _Optional[_Union[_common_pb2.Metrics, _Mapping]] = ..., error: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., params: _Optional[_Union[TrainParams, _Mapping]] = ..., promote: _Optional[bool] = ..., min_accuracy: _Optional[float] = ..., promoted: _Optional[bool] = ..., rows_read: _Optional[int] = ..., malformed_rows: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

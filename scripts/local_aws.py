@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -21,12 +22,19 @@ def free_port() -> int:
 
 
 class LocalAws:
-    """`with LocalAws() as aws:` starts moto on 127.0.0.1; `aws.env` holds the variables that point at it."""
+    """`with LocalAws() as aws:` starts moto on 127.0.0.1; `aws.env` holds the variables that point at it.
 
-    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+    `extra_env` is added to the server's own environment (moto's settings, e.g. `INITIAL_NO_AUTH_ACTION_COUNT`
+    to enforce IAM authentication after that many requests).
+    """
+
+    def __init__(
+        self, port: int = 0, log_path: Path | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +56,7 @@ class LocalAws:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "MOTO_CALL_RESET_API": "false"},
+            env={**os.environ, "MOTO_CALL_RESET_API": "false", **self.extra_env},
             start_new_session=True,  # a Ctrl-C in the terminal reaches the owner, which stops it
         )
         deadline = time.monotonic() + timeout_s

@@ -33,6 +33,10 @@ class Unauthenticated(SentimentError):
     """Missing or wrong credentials: UNAUTHENTICATED."""
 
 
+class TooLarge(InvalidInput):
+    """An object, file or field holds more than the limit set for it (INVALID_ARGUMENT when a caller sent it)."""
+
+
 class InvalidDataset(SentimentError):
     """A dataset that cannot be read as Sentiment140 (not CSV, not gzip, no usable rows)."""
 

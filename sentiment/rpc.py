@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -80,6 +81,78 @@ def map_errors(method: F) -> F:
             await _abort(context, exc, rpc)
 
     return unary  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """What the deserializer hands on for a request that is not a valid message (e.g. invalid UTF-8)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc)[:120])
+
+    return parse
+
+
+class UndecodableRequests(grpc.aio.ServerInterceptor):
+    """A request whose bytes are not a valid message (a string field that is not UTF-8, say) is answered
+    INVALID_ARGUMENT with a short message, logged in one line and reported to `on_invalid(rpc_name)`.
+
+    Without it grpc answers UNKNOWN with the internal exception in the details and logs a traceback per
+    request: the deserializer is wrapped so the failure reaches a handler that can answer properly.
+    """
+
+    def __init__(self, on_invalid: Callable[[str], None] = lambda rpc: None) -> None:
+        self._on_invalid = on_invalid
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        rpc = str(handler_call_details.method).rsplit("/", 1)[-1]
+        kind = "unary_unary" if not handler.response_streaming else "unary_stream"
+        behavior = getattr(handler, kind)
+        on_invalid = self._on_invalid
+
+        async def refuse(request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
+            on_invalid(rpc)
+            log.warning("%s: undecodable request refused: %s", rpc, request.reason, extra={"rpc": rpc})
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the request is not a valid message (is every string UTF-8?)",
+            )
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(request, context)
+                    return
+                async for response in behavior(request, context):
+                    yield response
+
+        else:  # a unary call, or a stream written with context.write (the health Watch)
+
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
+                if isinstance(request, _Undecodable):
+                    return await refuse(request, context)
+                return await behavior(request, context)
+
+        return handler._replace(  # type: ignore[attr-defined, no-any-return]
+            request_deserializer=_tolerant(handler.request_deserializer), **{kind: checked}
+        )
 
 
 def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, Any]]:

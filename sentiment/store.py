@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +17,8 @@ from urllib.parse import urlparse
 import aioboto3
 from botocore.exceptions import ClientError
 
-from sentiment.errors import InvalidInput, NotFound
+from sentiment.errors import InvalidInput, NotFound, TooLarge
+from sentiment.names import shown
 
 _CHUNK = 1 << 20
 
@@ -28,8 +28,8 @@ class ArtifactStore(Protocol):
 
     uri: str
 
-    async def get_bytes(self, key: str) -> bytes:
-        """The object's content; NotFound when it does not exist."""
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's content; NotFound when it does not exist, TooLarge past `max_bytes`."""
         ...
 
     async def put_bytes(self, key: str, data: bytes) -> None:
@@ -40,11 +40,24 @@ class ArtifactStore(Protocol):
         """Every key under `prefix`, sorted."""
         ...
 
-    async def download(self, key: str, dest: Path) -> str:
-        """Copy an object to a local file; returns its sha256. NotFound when it does not exist."""
+    async def download(self, key: str, dest: Path, max_bytes: int | None = None) -> str:
+        """Copy an object to a local file; returns its sha256. NotFound when it does not exist; TooLarge
+        (and no file left at `dest`) when it holds more than `max_bytes`."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """A store key: '/'-separated segments, none empty, '.' or '..', no NUL or backslash; InvalidInput otherwise.
+
+    The same rule for both stores, so a key that S3 would take literally cannot climb out of a local store.
+    """
+    if not key or len(key) > 1024 or "\x00" in key or "\\" in key:
+        raise InvalidInput(f"store key {shown(key)} is not valid")
+    if any(part in ("", ".", "..") for part in key.rstrip("/").split("/")):
+        raise InvalidInput(f"store key {shown(key)} has an empty, '.' or '..' segment")
+    return key
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -60,15 +73,23 @@ class LocalStore:
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents and path != self.root.resolve():
-            raise InvalidInput(f"key {key!r} escapes the store")
+        path = (self.root / check_key(key)).resolve()
+        if self.root.resolve() not in path.parents:
+            raise InvalidInput(f"key {shown(key)} escapes the store")
         return path
 
-    async def get_bytes(self, key: str) -> bytes:
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        path = self._path(key)
+
+        def read() -> bytes:
+            with path.open("rb") as handle:
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+            _check_size(len(data), max_bytes, key)
+            return data
+
         try:
-            return await asyncio.to_thread(self._path(key).read_bytes)
-        except (FileNotFoundError, IsADirectoryError):
+            return await asyncio.to_thread(read)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{key} not found in {self.uri}") from None
 
     async def put_bytes(self, key: str, data: bytes) -> None:
@@ -97,16 +118,8 @@ class LocalStore:
 
         return await asyncio.to_thread(walk)
 
-    async def download(self, key: str, dest: Path) -> str:
-        source = self._path(key)
-
-        def copy() -> str:
-            if not source.is_file():
-                raise NotFound(f"{key} not found in {self.uri}")
-            shutil.copyfile(source, dest)
-            return sha256_file(dest)
-
-        return await asyncio.to_thread(copy)
+    async def download(self, key: str, dest: Path, max_bytes: int | None = None) -> str:
+        return await copy_local_file(self._path(key), dest, max_bytes, key)
 
     async def aclose(self) -> None:
         return None
@@ -129,15 +142,20 @@ class S3Store:
         return cls(uri, client, stack)
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def get_bytes(self, key: str) -> bytes:
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
             response = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             raise _not_found(exc, f"s3://{self.bucket}/{self._key(key)}") from exc
-        async with response["Body"] as body:
-            return bytes(await body.read())
+        body = response["Body"]
+        async with body:
+            _check_size(int(response.get("ContentLength") or 0), max_bytes, key)
+            data = bytes(await body.read())
+        _check_size(len(data), max_bytes, key)
+        return data
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
@@ -151,8 +169,8 @@ class S3Store:
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
-    async def download(self, key: str, dest: Path) -> str:
-        return await download_s3_object(self._client, self.bucket, self._key(key), dest)
+    async def download(self, key: str, dest: Path, max_bytes: int | None = None) -> str:
+        return await download_s3_object(self._client, self.bucket, self._key(key), dest, max_bytes)
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -165,40 +183,82 @@ def _not_found(exc: ClientError, where: str) -> Exception:
     return exc
 
 
-async def download_s3_object(client: Any, bucket: str, key: str, dest: Path) -> str:
-    """Stream one object to `dest` in 1 MiB chunks, hashing as it goes; returns the sha256."""
+def _check_size(size: int, max_bytes: int | None, what: str) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise TooLarge(f"{what} holds more than the limit of {max_bytes:,} bytes")
+
+
+async def download_s3_object(
+    client: Any, bucket: str, key: str, dest: Path, max_bytes: int | None = None
+) -> str:
+    """Stream one object to `dest` in 1 MiB chunks, hashing as it goes; returns the sha256.
+
+    Past `max_bytes` (the announced ContentLength or the bytes actually sent) it stops, removes `dest`
+    and raises TooLarge.
+    """
     try:
         response = await client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         raise _not_found(exc, f"s3://{bucket}/{key}") from exc
+    where = f"s3://{bucket}/{key}"
     digest = hashlib.sha256()
     body = response["Body"]
-    with open(dest, "wb") as out:
-        # `async with body as x` would give the raw aiohttp response, whose read() takes no size.
-        async with body:
-            while chunk := await body.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
+    size = 0
+    try:
+        with open(dest, "wb") as out:
+            # `async with body as x` would give the raw aiohttp response, whose read() takes no size.
+            async with body:
+                _check_size(int(response.get("ContentLength") or 0), max_bytes, where)
+                while chunk := await body.read(_CHUNK):
+                    size += len(chunk)
+                    _check_size(size, max_bytes, where)
+                    digest.update(chunk)
+                    out.write(chunk)
+    except TooLarge:
+        dest.unlink(missing_ok=True)
+        raise
     return digest.hexdigest()
 
 
-async def fetch_uri(uri: str, dest: Path, session: aioboto3.Session | None = None) -> str:
-    """Copy `s3://bucket/key` or a local path to `dest`; returns its sha256. NotFound if it is missing."""
-    if uri.startswith("s3://"):
-        bucket, key = split_s3_uri(uri)
-        async with (session or aioboto3.Session()).client("s3") as client:
-            return await download_s3_object(client, bucket, key, dest)
-    if "://" in uri:
-        raise InvalidInput(f"unsupported dataset URI scheme: {uri!r} (use s3:// or a local path)")
-    source = Path(uri)
+async def copy_local_file(source: Path, dest: Path, max_bytes: int | None = None, what: str = "") -> str:
+    """Copy a local file to `dest` in a thread, hashing as it goes; returns the sha256.
+
+    NotFound when `source` is not a file; TooLarge (and no `dest` left) when it holds more than `max_bytes`.
+    """
 
     def copy() -> str:
         if not source.is_file():
-            raise NotFound(f"dataset {uri} does not exist")
-        shutil.copyfile(source, dest)
-        return sha256_file(dest)
+            raise NotFound(f"{what or source} does not exist")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(source, "rb") as src, open(dest, "wb") as out:
+                _check_size(os.fstat(src.fileno()).st_size, max_bytes, what or str(source))
+                while chunk := src.read(_CHUNK):
+                    size += len(chunk)
+                    _check_size(size, max_bytes, what or str(source))
+                    digest.update(chunk)
+                    out.write(chunk)
+        except TooLarge:
+            dest.unlink(missing_ok=True)
+            raise
+        return digest.hexdigest()
 
     return await asyncio.to_thread(copy)
+
+
+async def fetch_uri(
+    uri: str, dest: Path, session: aioboto3.Session | None = None, max_bytes: int | None = None
+) -> str:
+    """Copy `s3://bucket/key` or a local path to `dest`; returns its sha256. NotFound if it is missing,
+    TooLarge past `max_bytes`."""
+    if uri.startswith("s3://"):
+        bucket, key = split_s3_uri(uri)
+        async with (session or aioboto3.Session()).client("s3") as client:
+            return await download_s3_object(client, bucket, key, dest, max_bytes)
+    if "://" in uri:
+        raise InvalidInput(f"unsupported dataset URI scheme: {uri!r} (use s3:// or a local path)")
+    return await copy_local_file(Path(uri), dest, max_bytes, f"dataset {uri}")
 
 
 def sha256_file(path: Path) -> str:

@@ -57,6 +57,8 @@ NUMBER_TOKEN = "<num>"
 URL_TOKEN = "<url>"
 USER_TOKEN = "<user>"
 
+MAX_REPEAT_LIMIT = 16
+
 # Settings a bundle written before they existed did not use: a missing key reads as "off", never as
 # today's default, so an old bundle keeps its tokens.
 _ABSENT_MEANS = {"placeholder_tokens": False, "punctuation_tokens": False, "emoji_tokens": False}
@@ -79,11 +81,18 @@ class TextConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TextConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """Settings as a bundle records them; ValueError for an unknown key or a value of the wrong type."""
+        known = {f.name: f.default for f in fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
-            raise ValueError(f"unknown text settings {sorted(unknown)}")
-        return cls(**{**_ABSENT_MEANS, **data})
+            raise ValueError(f"unknown text settings {sorted(str(k)[:40] for k in unknown)[:5]}")
+        values = {**_ABSENT_MEANS, **data}
+        for name, value in values.items():
+            if type(value) is not type(known[name]):
+                raise ValueError(f"text.{name} must be {type(known[name]).__name__}, got {str(value)[:40]}")
+        if not 0 <= values.get("max_repeat", 0) <= MAX_REPEAT_LIMIT:
+            raise ValueError(f"text.max_repeat must be in 0..{MAX_REPEAT_LIMIT}")
+        return cls(**values)
 
 
 def _negate(match: re.Match[str]) -> str:

@@ -1,4 +1,10 @@
-"""Wiring of the `run` command: metrics, Predict client, DynamoDB sink, source, pipeline, SIGTERM drain."""
+"""Wiring of the `run` command: metrics, Predict client, DynamoDB sink, source, pipeline, SIGTERM drain.
+
+Exit codes: 0 the source ended or a stop was asked for, and every tweet is accounted for (a drain cut
+short at GRACE_S dead-letters what was unfinished); 1 the counters do not balance, or the X stream ended
+by itself; 2 a configuration error (`__main__`); 3 DynamoDB refused the credentials, their permissions or
+the table; 4 the X API refused the bearer token or the app's access (401/403).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,14 @@ from stream_svc.config import StreamConfig
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.metrics import start_metrics_server
 from stream_svc.pipeline import Counters, Pipeline
-from stream_svc.sink import DynamoSink, table_exists
+from stream_svc.sink import DynamoSink, TableAccessError, WriteRetry, table_exists
 from stream_svc.sources import ReplaySource, Source, XStreamSource
 
 log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1  # the counters do not balance, or the X stream ended by itself
+EXIT_TABLE_REFUSED = 3
+EXIT_X_REFUSED = 4
 
 
 def build_source(config: StreamConfig) -> Source:
@@ -26,12 +36,27 @@ def build_source(config: StreamConfig) -> Source:
         if not path.is_file():
             raise ConfigError(f"REPLAY_PATH={config.replay_path!r} is not a file")
         return ReplaySource(path, rate=config.replay_rate)
-    return XStreamSource(config.x_bearer_token, config.x_rules, base_url=config.x_api_base_url)
+    return XStreamSource(
+        config.x_bearer_token,
+        config.x_rules,
+        base_url=config.x_api_base_url,
+        auth_max_tries=config.x_auth_max_tries,
+        auth_retry_wait_s=config.x_auth_retry_wait_s,
+    )
 
 
 async def run(config: StreamConfig) -> int:
-    """Stream until the source ends (a replay file) or SIGTERM/SIGINT, drain, log the summary; exit code."""
-    if not await table_exists(config.dynamodb_table):
+    """Stream until the source ends (a replay file) or SIGTERM/SIGINT, drain, log the summary; exit code.
+
+    A signal stops the source and gives the drain `config.grace_s`; then what is unfinished is
+    dead-lettered and the process exits. A fatal cause ends it with one ERROR line naming it.
+    """
+    try:
+        exists = await table_exists(config.dynamodb_table)
+    except TableAccessError as exc:
+        log.error("stream_svc cannot start: %s", exc)
+        return EXIT_TABLE_REFUSED
+    if not exists:
         raise ConfigError(
             f"DYNAMODB_TABLE={config.dynamodb_table!r} does not exist; create it with `python -m stream_svc create-table`"
         )
@@ -45,7 +70,8 @@ async def run(config: StreamConfig) -> int:
                 config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
             )
         )
-        sink = await DynamoSink.open(config.dynamodb_table, concurrency=config.write_concurrency)
+        retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)
+        sink = await DynamoSink.open(config.dynamodb_table, concurrency=config.write_concurrency, retry=retry)
         stack.push_async_callback(sink.aclose)
         stack.callback(dead_letter.close)
         pipeline = Pipeline(
@@ -58,24 +84,43 @@ async def run(config: StreamConfig) -> int:
             predict_concurrency=config.predict_concurrency,
             write_concurrency=config.write_concurrency,
         )
-        counters = await _run_until_signal(pipeline)
+        refused: TableAccessError | None = None
+        try:
+            counters = await _run_until_signal(pipeline, config.grace_s)
+        except TableAccessError as exc:
+            counters, refused = pipeline.counters, exc
     log.info("stream_svc finished: %s", counters.summary(), extra={"count": counters.received})
+    return _exit_code(counters, source, refused)
+
+
+def _exit_code(counters: Counters, source: Source, refused: TableAccessError | None) -> int:
+    """The exit code of a finished run; a failure's cause is logged at ERROR, once."""
     if not counters.balanced():
         log.error("counters do not balance: received != written + dead_lettered + skipped_empty")
-        return 1
+        return EXIT_FAILED
+    if refused is not None:
+        log.error(
+            "stream_svc stopped: %s (%d tweets taken in and not written are in the dead-letter file)",
+            refused,
+            counters.dead_lettered,
+        )
+        return EXIT_TABLE_REFUSED
     if isinstance(source, XStreamSource) and source.failed:
-        return 1
+        if source.refused:
+            log.error("stream_svc stopped: %s (check X_BEARER_TOKEN and the app's access)", source.failure)
+            return EXIT_X_REFUSED
+        return EXIT_FAILED
     return 0
 
 
-async def _run_until_signal(pipeline: Pipeline) -> Counters:
+async def _run_until_signal(pipeline: Pipeline, grace_s: float) -> Counters:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
     def on_signal(sig: signal.Signals) -> None:
         if not stopping:
-            log.info("%s received: stopping the source and draining", sig.name)
-            stopping.append(loop.create_task(pipeline.stop()))
+            log.info("%s received: stopping the source and draining (for %gs at most)", sig.name, grace_s)
+            stopping.append(loop.create_task(pipeline.stop(grace_s)))
 
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:

@@ -30,6 +30,15 @@ class StreamConfig:
     metrics_port: int = 8003
     tls_ca_path: str = ""
     log_level: str = "INFO"
+    # After SIGTERM the drain gets this long; then what is unfinished is dead-lettered and the process
+    # exits. Keep it below the pod's terminationGracePeriodSeconds, or Kubernetes kills it first.
+    grace_s: float = 20.0
+    # Consecutive 401/403 answers from the X API before the source gives up, and the first wait between
+    # tries (doubled after each; tweepy's own HTTP-error schedule starts at 5 s too).
+    x_auth_max_tries: int = 3
+    x_auth_retry_wait_s: float = 5.0
+    # Tries of a BatchWriteItem refused for its credentials, permissions or a missing table (not its items).
+    dynamodb_auth_max_tries: int = 4
 
     @classmethod
     def from_env(cls, environ: Environ, require_source: bool = True) -> StreamConfig:
@@ -59,6 +68,14 @@ class StreamConfig:
             metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
             tls_ca_path=environ.get("TLS_CA_PATH", ""),
             log_level=env_str(environ, "LOG_LEVEL", cls.log_level).upper(),
+            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
+            x_auth_max_tries=env_int(environ, "X_AUTH_MAX_TRIES", cls.x_auth_max_tries, minimum=1),
+            x_auth_retry_wait_s=env_float(
+                environ, "X_AUTH_RETRY_WAIT_S", cls.x_auth_retry_wait_s, minimum=0.0
+            ),
+            dynamodb_auth_max_tries=env_int(
+                environ, "DYNAMODB_AUTH_MAX_TRIES", cls.dynamodb_auth_max_tries, minimum=1
+            ),
         )
         if require_source:
             config.check_source()

@@ -18,6 +18,19 @@ LATENCY = Histogram(
 )
 PREDICT_RETRIES = Counter("stream_predict_retries_total", "PredictBatch calls retried")
 DYNAMODB_RETRIES = Counter("stream_dynamodb_retries_total", "BatchWriteItem requests re-sent")
+DYNAMODB_AUTH_ERRORS = Counter(
+    "stream_dynamodb_auth_errors_total",
+    "BatchWriteItem requests refused for their credentials, permissions or a missing table",
+    ["code"],
+)
+X_HTTP_ERRORS = Counter(
+    "stream_x_http_errors_total", "Non-200 answers of the X API (stream connects and rule calls)", ["status"]
+)
+ABANDONED = Counter(
+    "stream_tweets_abandoned_total",
+    "Tweets dead-lettered unfinished because the drain was abandoned (deadline or table refused)",
+    ["reason"],
+)
 
 
 def start_metrics_server(port: int) -> None:

@@ -4,7 +4,9 @@
 
 Every queue is bounded, so a slow model or table slows the reader and, through it, the source. Every
 received tweet ends in exactly one place: written, dead-lettered (with the reason), or skipped because it
-was empty after cleaning; `Counters.balanced()` checks it. Stopping the source drains every queue.
+was empty after cleaning; `Counters.balanced()` checks it. Stopping the source drains every queue. A drain
+can be abandoned (a deadline given to `stop`, or the table refusing the credentials): the workers are
+cancelled and every tweet accepted but unfinished is dead-lettered with that reason (see `drain`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from model_svc.client import Prediction
 from sentiment.errors import InvalidInput
 from stream_svc import metrics
 from stream_svc.deadletter import DeadLetterFile
-from stream_svc.sink import BATCH_WRITE_MAX_ITEMS, Item, Sink
+from stream_svc.drain import Abandon, Unfinished, drain_or_abandon
+from stream_svc.sink import BATCH_WRITE_MAX_ITEMS, Item, Sink, TableAccessError
 from stream_svc.sources import Source
-from stream_svc.tweets import Malformed, Tweet, clean_text
+from stream_svc.tweets import Malformed, SourceEvent, Tweet, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class Counters:
     malformed: dict[str, int] = field(default_factory=dict)
     predict_retries: int = 0
     write_retries: int = 0
+    write_requests: int = 0
+    abandoned: int = 0  # dead-lettered unfinished when the drain was abandoned (part of dead_lettered)
 
     def balanced(self) -> bool:
         """Every received tweet is accounted for."""
@@ -61,7 +66,7 @@ class Counters:
             f"received={self.received} written={self.written} dead_lettered={self.dead_lettered} "
             f"skipped_empty={self.skipped_empty} malformed={malformed} predicted={self.predicted} "
             f"predict_retries={self.predict_retries} write_retries={self.write_retries} "
-            f"balanced={self.balanced()}"
+            f"write_requests={self.write_requests} abandoned={self.abandoned} balanced={self.balanced()}"
         )
 
 
@@ -70,12 +75,14 @@ class _Pending:
     tweet: Tweet
     clean: str
     received_at: float
+    seq: int = -1  # its name in the pipeline's `Unfinished`
 
 
 @dataclass
 class _Analyzed:
     item: dict[str, Any]
     received_at: float
+    seq: int
 
 
 _END: Any = object()  # end of a queue's stream, one per consumer
@@ -121,6 +128,9 @@ def _is_invalid_input(exc: BaseException) -> bool:
 class Pipeline:
     """Runs one source to its end (or to `stop()`), then drains; `run()` returns the counters.
 
+    `run()` raises `TableAccessError` when the sink does (the credentials or the table are refused): the
+    source is stopped and everything accepted is dead-lettered with that reason first.
+
     `batch_size` / `batch_max_wait_s`: a batch is sent when full or when its first tweet has waited that
     long. `predict_concurrency` PredictBatch calls and `write_concurrency` writers run at once.
     `latency_samples`, when given, collects each written tweet's end-to-end seconds (benchmarks).
@@ -157,16 +167,46 @@ class Pipeline:
             metrics.QUEUE_DEPTH.labels(queue=name).set_function(queue.qsize)
         self._seen_predict_retries = 0
         self._seen_write_retries = 0
+        self._unfinished: Unfinished[_Pending | _Analyzed] = Unfinished()
+        self._abandon = Abandon()
 
-    async def stop(self) -> None:
-        """Stop the source; `run()` returns once everything taken in has been written or dead-lettered."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop the source; `run()` returns once everything taken in has been written or dead-lettered.
+
+        With `grace_s`, the drain is abandoned that many seconds from now if it has not finished: what is
+        unfinished is then dead-lettered with a reason naming the deadline.
+        """
+        if grace_s is not None:
+            reason = f"drain deadline: not finished within {grace_s:g}s of the stop (GRACE_S)"
+            self._abandon.after(grace_s, "deadline", reason)
         await self.source.aclose()
 
     async def run(self) -> Counters:
+        reader = asyncio.create_task(self._read())
+        batcher = asyncio.create_task(self._batch())
         predictors = [asyncio.create_task(self._predict_worker()) for _ in range(self.predict_concurrency)]
         writers = [asyncio.create_task(self._write_worker()) for _ in range(self.write_concurrency)]
-        batcher = asyncio.create_task(self._batch())
-        reader = asyncio.create_task(self._read())
+        drain = asyncio.create_task(self._drain(reader, batcher, predictors, writers))
+        await drain_or_abandon(drain, [reader, batcher, *predictors, *writers], self._abandon)
+        if self._abandon.fired:
+            await self.source.aclose()
+            self._dead_letter_unfinished()
+        self._sync_retries()
+        if self._abandon.error is not None:
+            raise self._abandon.error
+        if not self._abandon.fired:
+            drain.result()
+            reader.result()
+        return self.counters
+
+    async def _drain(
+        self,
+        reader: asyncio.Task[None],
+        batcher: asyncio.Task[None],
+        predictors: list[asyncio.Task[None]],
+        writers: list[asyncio.Task[None]],
+    ) -> None:
+        """Each stage ends once the one before it has: reader, batcher, predictors, writers."""
         # The reader's failure (an unreadable file) still lets what it took in drain before it is raised.
         await asyncio.wait([reader])
         await batcher
@@ -174,30 +214,47 @@ class Pipeline:
         for _ in writers:
             await self._items.put(_END)
         await asyncio.gather(*writers)
-        self._sync_retries()
-        reader.result()
-        return self.counters
+
+    def _dead_letter_unfinished(self) -> None:
+        """Once the workers are gone: dead-letter every tweet accepted and not finished, with the reason,
+        and those the source had received but not handed over (they are accepted now, not lost)."""
+        for event in self.source.take_buffered():
+            self._accept(event)
+        left = self._unfinished.take()
+        reason = self._abandon.reason
+        self._dead_letter("predict", [(_tweet_record(e), reason) for e in left if isinstance(e, _Pending)])
+        self._dead_letter("write", [(dict(e.item), reason) for e in left if isinstance(e, _Analyzed)])
+        self.counters.abandoned += len(left)
+        metrics.ABANDONED.labels(reason=self._abandon.label).inc(len(left))
+        log.warning("drain abandoned (%s): %d unfinished tweets dead-lettered", reason, len(left))
 
     async def _read(self) -> None:
         try:
             async for event in self.source:
-                if isinstance(event, Malformed):
-                    self._malformed(event)
-                    continue
-                self.counters.received += 1
-                metrics.RECEIVED.inc()
-                received_at = time.monotonic()
-                clean = clean_text(event.text)
-                if not clean:
-                    self.counters.skipped_empty += 1
-                    metrics.SKIPPED.labels(reason="empty_after_cleaning").inc()
-                    log.debug(
-                        "tweet %s is empty after cleaning; skipped", event.id, extra={"tweet_id": event.id}
-                    )
-                    continue
-                await self._tweets.put(_Pending(event, clean, received_at))
+                if (pending := self._accept(event)) is not None:
+                    await self._tweets.put(pending)
         finally:
-            await self._tweets.put(_END)
+            if not self._abandon.fired:  # else the batcher is cancelled: a full queue would never take it
+                await self._tweets.put(_END)
+
+    def _accept(self, event: SourceEvent) -> _Pending | None:
+        """Count one source event; a tweet to predict comes back registered as unfinished, a malformed
+        message or a tweet empty after cleaning is counted and comes back None."""
+        if isinstance(event, Malformed):
+            self._malformed(event)
+            return None
+        self.counters.received += 1
+        metrics.RECEIVED.inc()
+        received_at = time.monotonic()
+        clean = clean_text(event.text)
+        if not clean:
+            self.counters.skipped_empty += 1
+            metrics.SKIPPED.labels(reason="empty_after_cleaning").inc()
+            log.debug("tweet %s is empty after cleaning; skipped", event.id, extra={"tweet_id": event.id})
+            return None
+        pending = _Pending(event, clean, received_at)
+        pending.seq = self._unfinished.add(pending)
+        return pending
 
     def _malformed(self, event: Malformed) -> None:
         seen = self.counters.malformed.get(event.kind, 0)
@@ -240,12 +297,12 @@ class Pipeline:
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, str):
                     failed.append((_tweet_record(pending), outcome))
+                    self._unfinished.discard(pending.seq)
                 else:
-                    ready.append(
-                        _Analyzed(
-                            make_item(pending.tweet, pending.clean, outcome, analyzed_at), pending.received_at
-                        )
-                    )
+                    item = make_item(pending.tweet, pending.clean, outcome, analyzed_at)
+                    analyzed = _Analyzed(item, pending.received_at, pending.seq)
+                    self._unfinished.replace(pending.seq, analyzed)
+                    ready.append(analyzed)
             self._dead_letter("predict", failed)
             self.counters.predicted += len(ready)
             metrics.PREDICTED.inc(len(ready))
@@ -290,9 +347,14 @@ class Pipeline:
             await self._write(chunk)
 
     async def _write(self, chunk: list[_Analyzed]) -> None:
+        if self._abandon.fired:  # nothing more is sent; the chunk stays unfinished, to be dead-lettered
+            return
         items: list[Item] = [entry.item for entry in chunk]
         try:
             failures = await self.sink.write(items)
+        except TableAccessError as exc:  # every other write would be refused too: stop everything
+            self._abandon.now("table_refused", f"write failed: {exc}", exc)
+            return
         except Exception as exc:  # the sink's own retries are spent or it broke: keep the tweets
             log.exception("sink write failed")
             failures_by_id = {
@@ -304,6 +366,7 @@ class Pipeline:
         written = 0
         failed: list[tuple[dict[str, Any], str]] = []
         for entry in chunk:
+            self._unfinished.discard(entry.seq)
             reason = failures_by_id.get(str(entry.item["id"]))
             if reason is None:
                 written += 1
@@ -336,3 +399,4 @@ class Pipeline:
             self._seen_write_retries = write_retries
         self.counters.predict_retries = predict_retries
         self.counters.write_retries = write_retries
+        self.counters.write_requests = int(getattr(self.sink, "requests", 0))

@@ -4,6 +4,10 @@ Retries are ours, not botocore's (its own retries are off), so they have one pol
 `UnprocessedItems`, throttling and transient server or connection errors are retried with exponential
 backoff and full jitter. aioboto3's `batch_writer` is not used because it re-sends unprocessed items at
 once, with no backoff. Items are keyed by tweet `id`, so a re-sent item overwrites itself.
+
+A request refused for its credentials, their permissions or a missing table says nothing about its items:
+it is re-sent whole (never split), logged at ERROR, counted, and after `WriteRetry.auth_attempts` tries
+raises `TableAccessError`, because every other write would fail the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from stream_svc import metrics
+
 log = logging.getLogger(__name__)
 
 Item = Mapping[str, Any]  # attribute name -> str | Decimal (numbers are Decimal, as DynamoDB wants)
@@ -30,6 +37,54 @@ THROTTLING_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
 TRANSIENT_CODES = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
+# The request, not its items: the credentials, what they may do, or the table itself.
+ACCESS_CODES = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "AccessDeniedException",
+        "AccessDenied",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "MissingAuthenticationToken",
+        "IncompleteSignature",
+        "ResourceNotFoundException",
+    }
+)
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
+
+
+class TableAccessError(Exception):
+    """The table refused every try for a reason no item can fix: credentials rejected or expired,
+    permission denied, or the table missing. `code` is DynamoDB's error code."""
+
+    def __init__(self, table: str, code: str, message: str, attempts: int) -> None:
+        super().__init__(f"DynamoDB refused table {table!r} {attempts} times: {code}: {message}")
+        self.table = table
+        self.code = code
+        self.attempts = attempts
+
+
+def error_code(exc: ClientError) -> tuple[str, str]:
+    """(code, message) of a ClientError.
+
+    An endpoint that answers DynamoDB's JSON protocol with an XML ErrorResponse (moto's IAM check does)
+    leaves botocore with the HTTP status as the code and the XML as the message: its fields are read.
+    """
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if code.isdigit() and "<ErrorResponse>" in message:
+        fields = dict(_XML_FIELD.findall(message))
+        return fields.get("Code", code), fields.get("Message", message)
+    return code, message
+
+
+def is_access_error(exc: ClientError, code: str) -> bool:
+    """Refused for the credentials, permissions or table (a 401/403 is, whatever its code)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ACCESS_CODES or status in (401, 403)
 
 
 @dataclass(frozen=True)
@@ -48,13 +103,20 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class WriteRetry:
+    """`attempts` for what items can suffer (unprocessed, throttled, transient errors); `auth_attempts` for a
+    request refused as a whole (its credentials, permissions or table), whose backoff starts higher:
+    with the defaults, a refusal that persists raises within 3.5 s."""
+
     attempts: int = 8
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 5.0
+    auth_attempts: int = 4
+    auth_initial_backoff_s: float = 0.5
 
-    def backoff_s(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
+    def backoff_s(self, attempt: int, initial_s: float | None = None) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]; base is `initial_backoff_s` unless given."""
+        base = self.initial_backoff_s if initial_s is None else initial_s
+        return random.uniform(0, min(self.max_backoff_s, base * 2 ** (attempt - 1)))
 
 
 _serializer = TypeSerializer()
@@ -98,7 +160,8 @@ class DynamoSink:
 
     Duplicate ids inside one `write` are collapsed (last wins): BatchWriteItem rejects a request naming a
     key twice, and the table keeps one item per id anyway. A request rejected as invalid is split into
-    single items, so one bad item does not fail its 24 neighbours.
+    single items, so one bad item does not fail its 24 neighbours. `write` raises `TableAccessError` when
+    the table keeps refusing the credentials; `requests` counts every BatchWriteItem sent.
     """
 
     def __init__(
@@ -153,14 +216,11 @@ class DynamoSink:
             if attempt > 1:
                 self.retries += 1
                 await asyncio.sleep(self.retry.backoff_s(attempt - 1))
-            request = [{"PutRequest": {"Item": to_dynamodb(item)}} for item in pending.values()]
             try:
-                async with self._slots:
-                    self.requests += 1
-                    response = await self._client.batch_write_item(RequestItems={self.table: request})
+                response = await self._send(pending)
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                reason = f"{code}: {exc.response.get('Error', {}).get('Message', '')}"
+                code, message = error_code(exc)
+                reason = f"{code}: {message}"
                 if code in THROTTLING_CODES or code in TRANSIENT_CODES:
                     log.warning("BatchWriteItem %s; retry %d", code, attempt)
                     continue
@@ -181,6 +241,39 @@ class DynamoSink:
             WriteFailure(item, f"gave up after {self.retry.attempts} attempts: {reason}")
             for item in pending.values()
         ]
+
+    async def _send(self, pending: Mapping[str, Item]) -> dict[str, Any]:
+        """One BatchWriteItem of `pending`. A refusal of the request itself (credentials, permissions, a
+        missing table) is retried here, the same request whole, and raises `TableAccessError` once
+        `retry.auth_attempts` are spent; any other ClientError is the caller's."""
+        request = [{"PutRequest": {"Item": to_dynamodb(item)}} for item in pending.values()]
+        for refusal in range(1, self.retry.auth_attempts + 1):
+            try:
+                async with self._slots:
+                    self.requests += 1
+                    response: dict[str, Any] = await self._client.batch_write_item(
+                        RequestItems={self.table: request}
+                    )
+                    return response
+            except ClientError as exc:
+                code, message = error_code(exc)
+                if not is_access_error(exc, code):
+                    raise
+                metrics.DYNAMODB_AUTH_ERRORS.labels(code=code).inc()
+                log.error(
+                    "BatchWriteItem to %s refused: %s: %s (the credentials, their permissions or the table, "
+                    "not the items); try %d of %d",
+                    self.table,
+                    code,
+                    message,
+                    refusal,
+                    self.retry.auth_attempts,
+                )
+                if refusal == self.retry.auth_attempts:
+                    raise TableAccessError(self.table, code, message, refusal) from exc
+            self.retries += 1
+            await asyncio.sleep(self.retry.backoff_s(refusal, self.retry.auth_initial_backoff_s))
+        raise AssertionError("unreachable")
 
     async def _write_singly(self, items: list[Item]) -> list[WriteFailure]:
         results = await asyncio.gather(*(self._write_chunk([item]) for item in items))
@@ -208,12 +301,16 @@ async def create_table(table: str, endpoint_url: str | None = None) -> bool:
 
 
 async def table_exists(table: str, endpoint_url: str | None = None) -> bool:
+    """Whether `table` exists; raises `TableAccessError` when the credentials are refused."""
     async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint_url) as client:
         try:
             await client.describe_table(TableName=table)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            code, message = error_code(exc)
+            if code == "ResourceNotFoundException":
                 return False
+            if is_access_error(exc, code):
+                raise TableAccessError(table, code, message, 1) from exc
             raise
         return True
 

@@ -1,7 +1,8 @@
 """Tweet sources, each an async iterator of Tweet | Malformed: the X API v2 filtered stream and replay files.
 
 A source never stops on a bad message: it yields `Malformed(kind)` and goes on. `aclose()` asks it to stop;
-iteration then ends promptly, and nothing already yielded is lost.
+iteration then ends promptly, and nothing already yielded is lost. When the consumer abandons iteration
+instead, `take_buffered()` hands over what the source had received and not yet yielded.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import aiohttp
 from tweepy import StreamRule
 from tweepy.asynchronous import AsyncStreamingClient
 from tweepy.asynchronous.streaming import AsyncBaseStream
+from tweepy.errors import HTTPException
 
 from sentiment.dataset import iter_tweets, parse_twitter_date
+from stream_svc import metrics
 from stream_svc.config import X_API_BASE_URL
 from stream_svc.tweets import Malformed, SourceEvent, Tweet
 
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 # What the filtered stream is asked for: the author's username and the tweet's date.
 STREAM_PARAMS: dict[str, Any] = {"expansions": ["author_id"], "tweet_fields": ["created_at"]}
 _READ_CHUNK = 512  # lines a replay file hands over per trip to its reader thread
+# The answers that retrying cannot fix without a person: a bad token, or an app without access.
+REFUSALS = {
+    401: "401 Unauthorized: the bearer token was rejected",
+    403: "403 Forbidden: the app lacks access to the filtered stream",
+}
 
 
 class Source(Protocol):
@@ -39,6 +47,11 @@ class Source(Protocol):
 
     async def aclose(self) -> None:
         """Stop taking in tweets; iteration ends soon after (what was yielded stays yielded)."""
+        ...
+
+    def take_buffered(self) -> list[SourceEvent]:
+        """Events received from upstream and not yet yielded, each handed over once: for a consumer
+        that abandoned iteration to account for them rather than lose them."""
         ...
 
 
@@ -151,6 +164,10 @@ class ReplaySource:
     async def aclose(self) -> None:
         self._stopped.set()
 
+    def take_buffered(self) -> list[SourceEvent]:
+        """None: what was not yielded is still in the file."""
+        return []
+
 
 class _RebasedSession:
     """An aiohttp session that sends tweepy's hard-coded `https://api.twitter.com` calls to `base_url`."""
@@ -170,12 +187,24 @@ class _RebasedSession:
         return self._session.request(method, url, **kwargs)
 
 
+class _Refused(Exception):
+    """Raised out of tweepy's connect loop on a 401/403, so the tries are ours to count and bound."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(REFUSALS[status])
+        self.status = status
+
+
 class XStreamClient(AsyncStreamingClient):
     """tweepy's AsyncStreamingClient with a configurable API host, bridged into a bounded asyncio.Queue.
 
     tweepy keeps its reconnect and backoff; each message is parsed here and put on `queue`, so a slow
     pipeline stops tweepy reading the socket (backpressure down to TCP). A message whose `put` was
     interrupted by `disconnect()` is kept in `leftover`, not lost.
+
+    A 401 or 403 (which tweepy would retry forever) is tried `auth_max_tries` times in a row, waiting
+    `auth_retry_wait_s`, doubled after each; then the stream ends with `failure` naming the status.
+    Every non-200 answer is counted in `stream_x_http_errors_total{status}`.
     """
 
     def __init__(
@@ -184,6 +213,8 @@ class XStreamClient(AsyncStreamingClient):
         queue: asyncio.Queue[SourceEvent],
         base_url: str = X_API_BASE_URL,
         max_retries: float = math.inf,
+        auth_max_tries: int = 3,
+        auth_retry_wait_s: float = 5.0,
     ) -> None:
         super().__init__(bearer_token, max_retries=max_retries)
         self.base_url = base_url.rstrip("/")
@@ -191,11 +222,50 @@ class XStreamClient(AsyncStreamingClient):
         self.leftover: list[SourceEvent] = []
         self.connects = 0
         self.session: Any = None
+        self.auth_max_tries = auth_max_tries
+        self.auth_retry_wait_s = auth_retry_wait_s
+        self.refusals = 0  # 401/403 answers in a row (a successful connect resets it)
+        self.failure = ""  # why the X API is given up on; empty while it is not
+        self._refused: _Refused | None = None
 
     async def _connect(self, method: str, endpoint: str, **kwargs: Any) -> None:  # type: ignore[override]
         url = f"{self.base_url}/2/tweets/{endpoint}/stream"
         headers = {"Authorization": f"Bearer {self.bearer_token}"}
-        await AsyncBaseStream._connect(self, method, url, headers=headers, **kwargs)
+        while True:
+            await AsyncBaseStream._connect(self, method, url, headers=headers, **kwargs)
+            refused, self._refused = self._refused, None
+            if refused is None or not await self.count_refusal(refused.status, "stream connect"):
+                return
+
+    async def count_refusal(self, status: int, what: str) -> bool:
+        """Count a 401/403 answer to `what`; wait and return True while tries remain, else set `failure`."""
+        self.refusals += 1
+        if self.refusals >= self.auth_max_tries:
+            self.failure = f"X API refused the {what} {self.refusals} times in a row: {REFUSALS[status]}"
+            return False
+        wait_s = self.auth_retry_wait_s * 2 ** (self.refusals - 1)
+        log.warning(
+            "X API refused the %s: %s (try %d of %d); retrying in %.2fs",
+            what,
+            REFUSALS[status],
+            self.refusals,
+            self.auth_max_tries,
+            wait_s,
+        )
+        await asyncio.sleep(wait_s)
+        return True
+
+    async def on_request_error(self, status_code: int) -> None:
+        metrics.X_HTTP_ERRORS.labels(status=str(status_code)).inc()
+        if status_code in REFUSALS:
+            raise _Refused(status_code)  # ends tweepy's loop, which would retry it forever
+        log.warning("X stream connect answered HTTP %d; tweepy retries with backoff", status_code)
+
+    async def on_exception(self, exception: Exception) -> None:
+        if isinstance(exception, _Refused):
+            self._refused = exception
+            return
+        await super().on_exception(exception)
 
     async def request(  # type: ignore[override]
         self, method: str, route: str, params: Any = None, json: Any = None, user_auth: bool = False
@@ -210,6 +280,7 @@ class XStreamClient(AsyncStreamingClient):
 
     async def on_connect(self) -> None:
         self.connects += 1
+        self.refusals = 0
         log.info("X stream connected (connection %d)", self.connects)
 
     async def on_data(self, raw_data: bytes) -> None:
@@ -242,8 +313,9 @@ async def sync_rules(client: AsyncStreamingClient, wanted: Sequence[str]) -> tup
 class XStreamSource:
     """The X API v2 filtered stream: rules synced at start, `expansions=author_id`, `tweet.fields=created_at`.
 
-    `failed` is set when the stream ended on its own (tweepy gave up or hit an unexpected error) rather
-    than through `aclose()`.
+    `failed` is true when the stream ended on its own rather than through `aclose()`; `failure` then says
+    why: the X API refused the token or the app's access (401/403, `auth_max_tries` times in a row, on
+    the rules calls or the stream connect), or tweepy gave up or hit an unexpected error.
     """
 
     def __init__(
@@ -253,19 +325,50 @@ class XStreamSource:
         base_url: str = X_API_BASE_URL,
         queue_size: int = 1000,
         max_retries: float = math.inf,
+        auth_max_tries: int = 3,
+        auth_retry_wait_s: float = 5.0,
     ) -> None:
         self.rules = list(rules)
         self.queue: asyncio.Queue[SourceEvent] = asyncio.Queue(maxsize=queue_size)
-        self.client = XStreamClient(bearer_token, self.queue, base_url, max_retries)
-        self.failed = False
+        self.client = XStreamClient(
+            bearer_token, self.queue, base_url, max_retries, auth_max_tries, auth_retry_wait_s
+        )
+        self.failure = ""
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def failed(self) -> bool:
+        return bool(self.failure)
+
+    @property
+    def refused(self) -> bool:
+        """The X API refused the token or the app's access (the failure is a 401/403)."""
+        return bool(self.client.failure)
+
+    async def _sync_rules(self) -> bool:
+        """Sync the rules, a 401/403 tried like a connect; False (with `failure` set) once X keeps refusing."""
+        while True:
+            try:
+                await sync_rules(self.client, self.rules)
+                self.client.refusals = 0
+                return True
+            except HTTPException as exc:
+                status = int(getattr(exc.response, "status", 0))
+                metrics.X_HTTP_ERRORS.labels(status=str(status)).inc()
+                if status not in REFUSALS:
+                    raise
+                if not await self.client.count_refusal(status, "rules request"):
+                    self.failure = self.client.failure
+                    return False
+                if self._closing:
+                    return False
+
     async def __aiter__(self) -> AsyncIterator[SourceEvent]:
-        await sync_rules(self.client, self.rules)
-        if self._closing:
+        if not await self._sync_rules() or self._closing:
             return
         self._task = task = self.client.filter(**STREAM_PARAMS)
+        getter: asyncio.Future[SourceEvent] | None = None
         try:
             while True:
                 if task.done() and self.queue.empty():
@@ -273,20 +376,36 @@ class XStreamSource:
                 getter = asyncio.ensure_future(self.queue.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield getter.result()
+                    event, getter = getter.result(), None
+                    yield event
                 else:
                     getter.cancel()
-            for event in self.client.leftover:
-                yield event
+            while self.client.leftover:
+                yield self.client.leftover.pop(0)
         finally:
+            if getter is not None and getter.done() and not getter.cancelled():
+                self.client.leftover.append(getter.result())  # taken as the iteration was abandoned
+            elif getter is not None:
+                getter.cancel()
             if not task.done():
                 task.cancel()
-        if not self._closing:
-            self.failed = True
-            log.error("X stream ended without being asked to stop")
+        if self._closing:
+            return
+        if self.client.failure:
+            self.failure = self.client.failure  # the app logs it, once, as it exits
+        else:
+            self.failure = "X stream ended without being asked to stop"
+            log.error(self.failure)
 
     async def aclose(self) -> None:
         self._closing = True
         if self._task is not None and not self._task.done():
             self.client.disconnect()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def take_buffered(self) -> list[SourceEvent]:
+        """The messages parsed and queued (or cut short by a disconnect) but not yet yielded."""
+        events, self.client.leftover = self.client.leftover, []
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events

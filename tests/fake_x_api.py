@@ -8,6 +8,9 @@
   tweets twice (as X's backfill does) and the test checks idempotency by id.
 - `hold()` / `release()` pause and resume the sending (keep-alives go on meanwhile); `hold_after={i}`
   holds by itself once message i is sent.
+- `refuse_stream=401` (or 403) answers every stream connect with that status and X's problem JSON (a
+  rejected token; an app not enrolled for the filtered stream) while the rules endpoints still answer;
+  `refused` counts those answers. A wrong bearer token gets 401 from every endpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ from aiohttp import web
 
 STREAM_PATH = "/2/tweets/search/stream"
 RULES_PATH = "/2/tweets/search/stream/rules"
+# X's answers, as its v2 API words them.
+PROBLEMS: dict[int, dict[str, Any]] = {
+    401: {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"},
+    403: {
+        "client_id": "12345678",
+        "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use keys and tokens "
+        "from a Twitter developer App that is attached to a Project.",
+        "registration_url": "https://developer.twitter.com/en/docs/projects/overview",
+        "title": "Client Forbidden",
+        "required_enrollment": "Appropriate Level of API Access",
+        "reason": "client-not-enrolled",
+        "type": "https://api.twitter.com/2/problems/client-forbidden",
+    },
+}
 
 
 def _sent() -> str:
@@ -40,6 +57,7 @@ class FakeXApi:
         resend: int = 2,
         keepalive_s: float = 0.2,
         keepalive_every: int = 7,
+        refuse_stream: int = 0,
     ) -> None:
         self.messages: list[bytes] = [self._encode(m) for m in messages]
         self.bearer_token = bearer_token
@@ -53,6 +71,8 @@ class FakeXApi:
         self.resend = resend
         self.keepalive_s = keepalive_s
         self.keepalive_every = keepalive_every
+        self.refuse_stream = refuse_stream
+        self.refused = 0
         self.cursor = 0  # index of the next message to send
         self.sent = 0  # messages written, resends included
         self.connections = 0
@@ -105,8 +125,7 @@ class FakeXApi:
 
     @staticmethod
     def _unauthorized() -> web.Response:
-        body = {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
-        return web.json_response(body, status=401)
+        return web.json_response(PROBLEMS[401], status=401)
 
     async def _get_rules(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -148,7 +167,11 @@ class FakeXApi:
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
+            self.refused += 1
             return self._unauthorized()
+        if self.refuse_stream:
+            self.refused += 1
+            return web.json_response(PROBLEMS[self.refuse_stream], status=self.refuse_stream)
         self.connections += 1
         self.stream_queries.append(dict(request.query))
         response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import boto3
+import botocore.exceptions
 import grpc
 import pytest
 from aiohttp import web
@@ -87,6 +90,10 @@ class RecordingSink:
     def retries(self) -> int:
         return int(getattr(self.inner, "retries", 0))
 
+    @property
+    def requests(self) -> int:
+        return int(getattr(self.inner, "requests", 0))
+
     async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
         failures = await self.inner.write(items)
         failed = {str(f.item["id"]) for f in failures}
@@ -119,6 +126,13 @@ class ListSource:
     async def aclose(self) -> None:
         self.finish()
 
+    def take_buffered(self) -> list[SourceEvent]:
+        events = []
+        while not self.queue.empty():
+            if (event := self.queue.get_nowait()) is not None:
+                events.append(event)
+        return events
+
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
     """Poll `condition` every 10 ms (for state that has no event of its own); fail after `timeout_s`."""
@@ -133,6 +147,36 @@ def unavailable(details: str = "model_svc is down") -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
     )
+
+
+async def spawn_stream_svc(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`python -m stream_svc` as a child process, stdout and stderr piped.
+
+    Not subprocess.run: a model_svc or a fake X API on the test's event loop must keep answering.
+    """
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stream_svc",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def log_records(stderr: bytes) -> list[dict[str, Any]]:
+    """The JSON log lines of a child's stderr (it is not a terminal, so it logs JSON)."""
+    return [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+
+
+def run_summary(stderr: bytes) -> dict[str, Any]:
+    """The `stream_svc finished: k=v ...` line as a dict (numbers as int, the rest as text)."""
+    for record in reversed(log_records(stderr)):
+        if record["msg"].startswith("stream_svc finished: "):
+            fields = dict(part.split("=", 1) for part in record["msg"].split(": ", 1)[1].split())
+            return {k: int(v) if v.isdigit() else v for k, v in fields.items()}
+    raise AssertionError(f"no summary line in:\n{stderr.decode()[-3000:]}")
 
 
 def table_items(table: str) -> dict[str, dict[str, Any]]:
@@ -261,6 +305,95 @@ async def dynamo_fault_proxy(aws: LocalAws) -> AsyncIterator[Callable[..., Await
     yield make
     for proxy in proxies:
         await proxy.stop()
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    user: str
+    key_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class AuthAws:
+    """A dedicated moto server that checks every request's signature and IAM policy, as AWS does.
+
+    `admin` may do anything (it sets up and inspects); `writer(table)` makes a user allowed `dynamodb:*`
+    and a table for it, whose access key a test can delete (a revocation) with `revoke`.
+    """
+
+    endpoint: str
+    admin: AccessKey
+    region: str = "us-east-1"
+
+    def client(self, service: str, key: AccessKey) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=key.key_id,
+            aws_secret_access_key=key.secret,
+        )
+
+    def env(self, key: AccessKey) -> dict[str, str]:
+        """The AWS variables of a process that runs as `key` against this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": key.key_id,
+            "AWS_SECRET_ACCESS_KEY": key.secret,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    def writer(self) -> tuple[AccessKey, str]:
+        """A new user allowed `dynamodb:*` with its access key, and a new analysis table."""
+        name = f"writer-{uuid.uuid4().hex[:8]}"
+        key = _iam_user(self.client("iam", self.admin), name, {"Action": "dynamodb:*", "Resource": "*"})
+        table = f"tweets-{uuid.uuid4().hex[:10]}"
+        self.client("dynamodb", self.admin).create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        return key, table
+
+    def revoke(self, key: AccessKey) -> None:
+        self.client("iam", self.admin).delete_access_key(UserName=key.user, AccessKeyId=key.key_id)
+
+    def items(self, table: str) -> dict[str, dict[str, Any]]:
+        client = self.client("dynamodb", self.admin)
+        return {
+            item["id"]["S"]: item
+            for page in client.get_paginator("scan").paginate(TableName=table)
+            for item in page["Items"]
+        }
+
+
+def _iam_user(iam: Any, name: str, statement: dict[str, str]) -> AccessKey:
+    """Three IAM requests: the user, its inline policy (`statement`, allowed), its access key."""
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", **statement}]}
+    iam.put_user_policy(UserName=name, PolicyName="allow", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return AccessKey(name, key["AccessKeyId"], key["SecretAccessKey"])
+
+
+@pytest.fixture(scope="module")
+def auth_aws() -> Iterator[AuthAws]:
+    """moto on its own port with authentication enforced after the admin user's three set-up requests."""
+    with LocalAws(extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as server:
+        bootstrap = AccessKey("", "testing", "testing")  # any key passes while requests are free
+        setup = AuthAws(server.endpoint, bootstrap)
+        admin = _iam_user(setup.client("iam", bootstrap), "admin", {"Action": "*", "Resource": "*"})
+        auth = AuthAws(server.endpoint, admin)
+        try:
+            auth.client("iam", bootstrap).list_users()
+        except botocore.exceptions.ClientError:
+            pass
+        else:
+            raise AssertionError("moto did not start enforcing authentication")
+        yield auth
 
 
 def model_svc_config(store: Path, listen_addr: str = "127.0.0.1:0") -> Any:

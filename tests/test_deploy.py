@@ -591,6 +591,8 @@ def test_settings_satisfy_each_service_configuration(overlay: str) -> None:
     assert model.store_uri == train.store_uri, "model-svc serves what train-svc publishes"
     stream = StreamConfig.from_env({**config_data(objects, "stream-svc-config"), "X_BEARER_TOKEN": "t"})
     assert stream.source == "x" and stream.x_rules and stream.metrics_port == 8003
+    stream_pod = find(objects, "Deployment", "stream-svc")["spec"]["template"]["spec"]
+    assert stream.grace_s < stream_pod["terminationGracePeriodSeconds"], "the drain ends before the SIGKILL"
 
 
 # NetworkPolicy, evaluated: which flows the rendered policies admit (both ends must allow a flow).

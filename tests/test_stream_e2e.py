@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,14 @@ from stream_svc.pipeline import Pipeline
 from stream_svc.sink import DynamoSink
 from stream_svc.sources import XStreamSource
 from tests.fake_x_api import FakeXApi
-from tests.fixtures_stream import RecordingSink, model_svc_config, table_items, wait_until
+from tests.fixtures_stream import (
+    RecordingSink,
+    model_svc_config,
+    run_summary,
+    spawn_stream_svc,
+    table_items,
+    wait_until,
+)
 
 MakeFakeX = Callable[..., Awaitable[FakeXApi]]
 ITEM_KEYS = {
@@ -119,35 +125,14 @@ def _env(table: str, replay: Path, model_port: int, dead_letter: Path, rate: flo
     }
 
 
-def _summary(stderr: bytes) -> dict[str, int]:
-    for line in reversed(stderr.decode().splitlines()):
-        if "stream_svc finished" in line:
-            message = json.loads(line)["msg"]
-            fields = dict(part.split("=") for part in message.split(": ", 1)[1].split())
-            return {k: int(v) for k, v in fields.items() if v.isdigit()}
-    raise AssertionError(f"no summary line in:\n{stderr.decode()[-3000:]}")
-
-
-async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
-    # Not subprocess.run: model_svc runs on this test's event loop and must keep answering.
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stream_svc",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 async def test_replay_run_exits_zero_when_the_file_is_done(
     stream_model_server: Any, stream_table: str, tmp_path: Path, dead_letter_path: Path
 ) -> None:
     replay = write_jsonl(tmp_path / "replay.jsonl", 300, seed=23)
-    proc = await _spawn(_env(stream_table, replay, stream_model_server.port, dead_letter_path, 0))
+    proc = await spawn_stream_svc(_env(stream_table, replay, stream_model_server.port, dead_letter_path, 0))
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    summary = _summary(stderr)
+    summary = run_summary(stderr)
     assert summary["received"] == summary["written"] == 300 and summary["dead_lettered"] == 0
     assert len(table_items(stream_table)) == 300
 
@@ -156,7 +141,7 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(
     stream_model_server: Any, stream_table: str, tmp_path: Path, dead_letter_path: Path
 ) -> None:
     replay = write_jsonl(tmp_path / "replay.jsonl", 4000, seed=24)
-    proc = await _spawn(_env(stream_table, replay, stream_model_server.port, dead_letter_path, 400))
+    proc = await spawn_stream_svc(_env(stream_table, replay, stream_model_server.port, dead_letter_path, 400))
     client = boto3.client("dynamodb")
 
     def count() -> int:
@@ -169,7 +154,7 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(
     proc.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    summary = _summary(stderr)
+    summary = run_summary(stderr)
     received = summary["received"]
     assert 200 <= received < 4000  # stopped mid-stream
     landed = set(table_items(stream_table))

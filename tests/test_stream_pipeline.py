@@ -195,6 +195,7 @@ async def test_stop_drains_everything_taken_in(tmp_path: Path, dead_letter_path:
 def test_config_from_env_names_the_bad_key() -> None:
     config = StreamConfig.from_env({"SOURCE": "replay", "REPLAY_PATH": "t.jsonl", "X_RULES": "a; b ;"})
     assert config.x_rules == ("a", "b") and config.batch_size == 64 and config.metrics_port == 8003
+    assert (config.grace_s, config.x_auth_max_tries, config.dynamodb_auth_max_tries) == (20.0, 3, 4)
     bad = {
         "BATCH_SIZE": ({"SOURCE": "replay", "REPLAY_PATH": "x", "BATCH_SIZE": "many"}),
         "SOURCE": ({"SOURCE": "kafka"}),
@@ -202,6 +203,10 @@ def test_config_from_env_names_the_bad_key() -> None:
         "X_RULES": ({"SOURCE": "x", "X_BEARER_TOKEN": "t"}),
         "REPLAY_PATH": ({"SOURCE": "replay"}),
         "REPLAY_RATE": ({"SOURCE": "replay", "REPLAY_PATH": "x", "REPLAY_RATE": "-1"}),
+        "GRACE_S": ({"SOURCE": "replay", "REPLAY_PATH": "x", "GRACE_S": "soon"}),
+        "X_AUTH_MAX_TRIES": ({"SOURCE": "replay", "REPLAY_PATH": "x", "X_AUTH_MAX_TRIES": "0"}),
+        "X_AUTH_RETRY_WAIT_S": ({"SOURCE": "replay", "REPLAY_PATH": "x", "X_AUTH_RETRY_WAIT_S": "-1"}),
+        "DYNAMODB_AUTH_MAX_TRIES": ({"SOURCE": "replay", "REPLAY_PATH": "x", "DYNAMODB_AUTH_MAX_TRIES": "x"}),
     }
     for key, environ in bad.items():
         with pytest.raises(ConfigError, match=key):

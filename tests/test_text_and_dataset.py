@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from sentiment import text as text_module
-from sentiment.dataset import ReadStats, iter_tweets, load_sample, parse_twitter_date
+from sentiment.dataset import (
+    DatasetLimits,
+    ReadStats,
+    iter_tweets,
+    load_sample,
+    parse_twitter_date,
+    reservoir_sample,
+    sample_notice,
+)
 from sentiment.errors import InvalidDataset, NotFound
 from sentiment.text import OOV_ID, TextConfig, Vocabulary, encode, tokenize
 
@@ -111,6 +119,63 @@ def test_max_rows_samples_evenly_across_labels(dataset_file: Path) -> None:
     texts, labels = load_sample(dataset_file, max_rows=200, seed=1)
     assert len(texts) == 200 and sum(labels) == 100
     assert load_sample(dataset_file, max_rows=200, seed=1) == (texts, labels)
+
+
+def test_reservoir_keeps_every_item_in_order_up_to_its_size_and_samples_uniformly_beyond() -> None:
+    rng = random.Random(0)
+    assert reservoir_sample(iter(range(50)), 50, rng) == list(range(50))
+    assert reservoir_sample(iter(range(50)), 0, rng) == list(range(50))  # 0: no cap
+    sample = reservoir_sample(iter(range(1000)), 10, random.Random(3))
+    assert len(sample) == 10 == len(set(sample))
+    assert reservoir_sample(iter(range(1000)), 10, random.Random(3)) == sample  # seeded
+    counts = [0] * 20
+    for _ in range(4000):
+        for item in reservoir_sample(iter(range(20)), 5, rng):
+            counts[item] += 1
+    assert all(900 <= c <= 1100 for c in counts), counts  # each is kept 1000 times in expectation
+
+
+def test_row_cap_keeps_todays_rows_under_it_and_a_seeded_sample_above(dataset_file: Path) -> None:
+    every = [(t.text, t.label) for t in iter_tweets(dataset_file)]
+    assert len(every) == 4000
+    texts, labels = load_sample(dataset_file, 0, seed=1, limits=DatasetLimits(max_rows=4000))
+    assert list(zip(texts, labels, strict=True)) == every  # same rows, same order as with no cap
+    stats = ReadStats()
+    texts, labels = load_sample(dataset_file, 0, seed=1, stats=stats, limits=DatasetLimits(max_rows=300))
+    assert len(texts) == 300 and set(zip(texts, labels, strict=True)) <= set(every)
+    assert 100 < sum(labels) < 200  # uniform, so about half of each label
+    assert load_sample(dataset_file, 0, seed=1, limits=DatasetLimits(max_rows=300)) == (texts, labels)
+    assert stats.usable_rows == 4000
+    assert sample_notice(stats.usable_rows, 0, 300) == (
+        "the dataset has 4,000 usable rows, more than MAX_DATASET_ROWS=300: "
+        "trained on a seeded uniform sample of 300"
+    )
+    # Asking for more rows than the cap gets the cap, and says so; asking for fewer is as before.
+    texts, _ = load_sample(dataset_file, 5000, seed=1, limits=DatasetLimits(max_rows=300))
+    assert len(texts) == 300
+    assert sample_notice(4000, 5000, 300).startswith("params.max_rows=5,000 is above MAX_DATASET_ROWS and ")
+    capped = load_sample(dataset_file, 200, seed=1, limits=DatasetLimits(max_rows=300))
+    assert capped == load_sample(dataset_file, 200, seed=1) and sum(capped[1]) == 100
+    assert sample_notice(4000, 200, 300) == "" and sample_notice(300, 0, 300) == ""
+
+
+def test_reader_stops_at_max_bytes_after_decompression(tmp_path: Path) -> None:
+    row = b'"4","1","","NO_QUERY","u","a happy day"\n'
+    plain = tmp_path / "d.csv"
+    plain.write_bytes(row * 2000)
+    size = plain.stat().st_size
+    assert len(list(iter_tweets(plain, max_bytes=size))) == 2000  # exactly at the limit is fine
+    with pytest.raises(InvalidDataset, match=f"dataset expands past MAX_DATASET_BYTES={size - 1} bytes"):
+        list(iter_tweets(plain, max_bytes=size - 1))
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(row * 200_000))  # 8 MB of rows in a few KB
+    assert bomb.stat().st_size < 50_000
+    stats = ReadStats()
+    with pytest.raises(InvalidDataset, match="expands past MAX_DATASET_BYTES=1048576"):
+        list(iter_tweets(bomb, stats, max_bytes=1 << 20))
+    assert stats.rows_read * len(row) <= 1 << 20  # it stopped reading at the limit
+    with pytest.raises(InvalidDataset, match="MAX_DATASET_BYTES"):
+        load_sample(bomb, limits=DatasetLimits(max_bytes=1 << 20))
 
 
 def test_parse_twitter_date() -> None:

@@ -24,12 +24,22 @@ def test_config_defaults_and_errors_name_the_key() -> None:
     config = TrainConfig.from_env({"STORE_URI": "s3://bucket/prefix"})
     assert config.listen_addr == "[::]:50051" and config.metrics_port == 8001
     assert config.auth_token == "" and config.dataset_uri == "" and config.work_dir == ""
+    assert (config.max_dataset_rows, config.max_dataset_bytes) == (2_000_000, 2 << 30)
+    assert config.max_queued_jobs == 16
+    limited = TrainConfig.from_env(
+        {"STORE_URI": "/s", "MAX_DATASET_ROWS": "500", "MAX_DATASET_BYTES": "1048576", "MAX_QUEUED_JOBS": "2"}
+    )
+    assert (limited.dataset_limits.max_rows, limited.dataset_limits.max_bytes) == (500, 1 << 20)
+    assert limited.max_queued_jobs == 2
     bad = [
         ({}, "STORE_URI"),
         ({"STORE_URI": "gs://bucket"}, "STORE_URI"),
         ({"STORE_URI": "/tmp/s", "DATASET_URI": "http://x/y.csv"}, "DATASET_URI"),
         ({"STORE_URI": "/tmp/s", "METRICS_PORT": "eighty"}, "METRICS_PORT"),
         ({"STORE_URI": "/tmp/s", "GRACE_S": "-1"}, "GRACE_S"),
+        ({"STORE_URI": "/tmp/s", "MAX_DATASET_ROWS": "5"}, "MAX_DATASET_ROWS"),
+        ({"STORE_URI": "/tmp/s", "MAX_DATASET_BYTES": "2GiB"}, "MAX_DATASET_BYTES"),
+        ({"STORE_URI": "/tmp/s", "MAX_QUEUED_JOBS": "0"}, "MAX_QUEUED_JOBS"),
     ]
     for environ, key in bad:
         with pytest.raises(ConfigError, match=key):

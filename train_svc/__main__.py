@@ -19,7 +19,11 @@ def main() -> int:
         print(f"train_svc: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:  # found at start: WORK_DIR held by another live server
+        print(f"train_svc: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from sentiment.dataset import DatasetLimits
+
 log = logging.getLogger(__name__)
 
 # After SIGTERM, how long a child gets before SIGKILL.
@@ -36,9 +38,16 @@ class Outcome:
 
 
 def child_main(
-    conn: Connection, dataset_path: str, params: dict[str, int], out_dir: str, log_level: str
+    conn: Connection,
+    dataset_path: str,
+    params: dict[str, int],
+    out_dir: str,
+    log_level: str,
+    max_dataset_rows: int,
+    max_dataset_bytes: int,
 ) -> None:
-    """Entry point of the spawned process (importable, so 'spawn' can find it)."""
+    """Entry point of the spawned process (importable, so 'spawn' can find it); the limits are the server's
+    MAX_DATASET_ROWS / MAX_DATASET_BYTES (see `sentiment.dataset.DatasetLimits`)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from sentiment.errors import SentimentError
@@ -63,7 +72,14 @@ def child_main(
             stop = True
 
     try:
-        trainer.train(Path(dataset_path), TrainParams(**params), Path(out_dir), progress, should_stop)
+        trainer.train(
+            Path(dataset_path),
+            TrainParams(**params),
+            Path(out_dir),
+            progress,
+            should_stop,
+            limits=DatasetLimits(max_dataset_rows, max_dataset_bytes),
+        )
         message: tuple[str, str] = ("done", "")
     except trainer.Cancelled:
         message = ("cancelled", "")
@@ -87,9 +103,10 @@ def child_main(
 class TrainingProcess:
     """One training run in a spawned child; `await run(on_progress)` returns its Outcome.
 
-    `request_stop()` asks the child to stop at its next check; if it has not exited `cancel_timeout_s`
-    later it is terminated (then killed). A child that exits without a final message (crash, OOM kill)
-    yields an Outcome whose error names the exit code or signal.
+    `limits` bound what the trainer reads of the dataset. `request_stop()` asks the child to stop at its
+    next check; if it has not exited `cancel_timeout_s` later it is terminated (then killed). A child that
+    exits without a final message (crash, OOM kill) yields an Outcome whose error names the exit code or
+    signal.
     """
 
     def __init__(
@@ -98,10 +115,11 @@ class TrainingProcess:
         params: dict[str, int],
         out_dir: Path,
         *,
+        limits: DatasetLimits,
         log_level: str = "INFO",
         cancel_timeout_s: float = 5.0,
     ) -> None:
-        self._args = (str(dataset_path), params, str(out_dir), log_level)
+        self._args = (str(dataset_path), params, str(out_dir), log_level, limits.max_rows, limits.max_bytes)
         self._cancel_timeout_s = cancel_timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._conn: Connection | None = None

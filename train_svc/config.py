@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from sentiment.config import Environ, env_float, env_int, env_str
+from sentiment.dataset import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DatasetLimits
 from sentiment.errors import ConfigError
 
 
@@ -35,11 +36,20 @@ class TrainConfig:
     cancel_timeout_s: float = 5.0  # a trainer that ignores the stop request this long is terminated
     code_version: str = ""  # recorded in each manifest; "" = the installed package version
     max_message_bytes: int = 4 << 20
+    # What one dataset may cost the trainer (the pod has 6 GiB): rows kept in memory (more are sampled
+    # down to this, and the job says so), and bytes, both downloaded and read after gzip (more fails the job).
+    max_dataset_rows: int = DEFAULT_MAX_ROWS
+    max_dataset_bytes: int = DEFAULT_MAX_BYTES
+    max_queued_jobs: int = 16  # a Train beyond this many waiting jobs is RESOURCE_EXHAUSTED
 
     def __post_init__(self) -> None:
         _check_uri("STORE_URI", self.store_uri)
         if self.dataset_uri:
             _check_uri("DATASET_URI", self.dataset_uri)
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        return DatasetLimits(self.max_dataset_rows, self.max_dataset_bytes)
 
     @classmethod
     def from_env(cls, environ: Environ) -> TrainConfig:
@@ -54,4 +64,8 @@ class TrainConfig:
             log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
             cancel_timeout_s=env_float(environ, "CANCEL_TIMEOUT_S", cls.cancel_timeout_s, minimum=0.0),
             code_version=environ.get("CODE_VERSION", ""),
+            # Ten rows is the least the trainer can split into train, validation and test.
+            max_dataset_rows=env_int(environ, "MAX_DATASET_ROWS", cls.max_dataset_rows, minimum=10),
+            max_dataset_bytes=env_int(environ, "MAX_DATASET_BYTES", cls.max_dataset_bytes, minimum=1),
+            max_queued_jobs=env_int(environ, "MAX_QUEUED_JOBS", cls.max_queued_jobs, minimum=1),
         )

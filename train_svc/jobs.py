@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import itertools
 import json
 import logging
 import math
 import secrets
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -25,24 +22,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from sentiment import bundle
-from sentiment.dataset import ReadStats, iter_tweets
-from sentiment.errors import FailedPrecondition, InvalidInput, NotFound, SentimentError
-from sentiment.store import ArtifactStore, fetch_uri, split_s3_uri
+from sentiment.dataset import DEFAULT_LIMITS, DatasetLimits
+from sentiment.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded, SentimentError
+from sentiment.names import check_job_id, child_path, remove_tree
+from sentiment.store import ArtifactStore
 from train_svc.child import TrainingProcess
+from train_svc.fetch import fetch_dataset, probe_dataset, validate_dataset_uri
 from train_svc.metrics import TrainMetrics
 from train_svc.params import TrainParams
+from train_svc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
 JOBS_PREFIX = "jobs"
+MAX_RECORD_BYTES = 1 << 20  # a job record is a few hundred bytes; the store is not trusted to say so
 RESTARTED_RUNNING = "server restarted while the job was running"
 RESTARTED_QUEUED = "server restarted before the job ran"
 SHUTDOWN_REASON = "the server shut down"
-# How many rows the parent reads before paying for a child: enough to tell "not Sentiment140" at once.
-_PROBE_TWEETS = 1000
+# The dataset's local name never comes from its URI (one ending in "/.." would name the scratch's parent);
+# the reader tells gzip from CSV by its magic bytes.
+DATASET_FILE = "dataset"
+# What a trainer progress event may change in its job.
+_PROGRESS_FIELDS = ("stage", "epoch", "epochs", "loss", "accuracy", "rows_read", "malformed_rows", "notice")
 # How much longer than the trainer's stop timeout CancelJob waits for the job to end before answering.
 _CANCEL_WAIT_MARGIN_S = 10.0
 
@@ -80,6 +83,7 @@ class Job:
     rows_read: int = 0
     malformed_rows: int = 0
     dataset_sha256: str = ""
+    notice: str = ""  # set when the dataset was sampled down to MAX_DATASET_ROWS
     created_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -95,13 +99,36 @@ class Job:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Job:
+        """A job from its store record (store data: ValueError/TypeError/KeyError when it does not fit)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in record.items() if k in known}
         values["state"] = JobState(values["state"])
         names = {f.name for f in dataclasses.fields(TrainParams)}
         # Tolerant of records written by a version with other parameters: unknown ones are dropped.
-        values["params"] = TrainParams(**{k: v for k, v in values.get("params", {}).items() if k in names})
+        params = {k: v for k, v in dict(values.get("params", {})).items() if k in names}
+        if not all(type(v) is int for v in params.values()):
+            raise TypeError("params must be integers")
+        values["params"] = TrainParams(**params)
+        metrics = dict(values.get("metrics", {}))
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
+            raise TypeError("metrics must be numbers")
+        for f in dataclasses.fields(cls):
+            if (
+                f.name in values
+                and f.default is not dataclasses.MISSING
+                and not _fits(values[f.name], f.default)
+            ):
+                raise TypeError(f"{f.name} must be {type(f.default).__name__}")
         return cls(**values)
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """`value` has the type of a scalar field's `default` (an int may stand for a float, a bool never)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return not isinstance(default, int | str) or type(value) is type(default)
 
 
 @dataclass(frozen=True)
@@ -118,24 +145,6 @@ def new_job_id(now: datetime | None = None) -> str:
     """Sortable and unique: `job-20261128-153012-a1b2c3d4`."""
     now = now or datetime.now(UTC)
     return f"job-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
-
-
-def validate_dataset_uri(uri: str) -> str:
-    if not uri:
-        raise InvalidInput("dataset_uri is required (this server has no default DATASET_URI)")
-    if uri.startswith("s3://"):
-        _bucket, key = split_s3_uri(uri)
-        if not key or key.endswith("/"):
-            raise InvalidInput(f"dataset_uri {uri!r} names no object (expected s3://bucket/key)")
-    elif "://" in uri:
-        raise InvalidInput(f"unsupported dataset_uri scheme: {uri!r} (use s3://bucket/key or a local path)")
-    return uri
-
-
-def probe_dataset(path: Path) -> None:
-    """Read the first rows: InvalidDataset at once for a file that is not Sentiment140 CSV (gzipped or not)."""
-    for _ in itertools.islice(iter_tweets(path, ReadStats()), _PROBE_TWEETS):
-        pass
 
 
 class JobCancelled(Exception):
@@ -157,15 +166,20 @@ class JobRecords:
         await self._store.put_bytes(f"{JOBS_PREFIX}/{job.job_id}.json", data)
 
     async def load_all(self) -> list[Job]:
+        """Every readable record; one that does not parse, or whose job_id is not a job id
+        (`check_job_id`) or not its key's name, is store data not to trust: logged and ignored."""
         keys = [k for k in await self._store.list_keys(JOBS_PREFIX + "/") if k.endswith(".json")]
         limit = asyncio.Semaphore(16)
 
         async def load(key: str) -> Job | None:
             async with limit:
                 try:
-                    return Job.from_record(json.loads(await self._store.get_bytes(key)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("ignoring unreadable job record %s: %s", key, exc)
+                    job = Job.from_record(json.loads(await self._store.get_bytes(key, MAX_RECORD_BYTES)))
+                    if key != f"{JOBS_PREFIX}/{check_job_id(job.job_id)}.json":
+                        raise ValueError(f"it holds job {job.job_id!r}")
+                    return job
+                except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+                    log.warning("ignoring job record %s: %s", key, exc)
                     return None
 
         return [job for job in await asyncio.gather(*(load(k) for k in keys)) if job is not None]
@@ -174,8 +188,9 @@ class JobRecords:
 class JobRunner:
     """Queues jobs (FIFO) and runs one at a time; `watch` streams a job's changes.
 
-    `start()` loads the recorded jobs and starts the worker; `aclose()` cancels what is queued or
-    running and records it. Failures of one job never stop the worker.
+    `start()` owns the work dir (`train_svc.workdir`), loads the recorded jobs and starts the worker;
+    `aclose()` cancels what is queued or running, records it and releases the work dir. At most
+    `max_queued_jobs` wait (Overloaded beyond). Failures of one job never stop the worker.
     """
 
     def __init__(
@@ -188,12 +203,15 @@ class JobRunner:
         code_version: str = "unknown",
         log_level: str = "INFO",
         metrics: TrainMetrics | None = None,
+        dataset_limits: DatasetLimits = DEFAULT_LIMITS,
+        max_queued_jobs: int = 16,
     ) -> None:
         self._store = store
         self._records = JobRecords(store)
         self._work_dir_setting = work_dir
-        self._work_dir: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._workdir: WorkDir | None = None
+        self._limits = dataset_limits
+        self._max_queued_jobs = max_queued_jobs
         self._default_dataset_uri = default_dataset_uri
         self._cancel_timeout_s = cancel_timeout_s
         self._code_version = code_version
@@ -214,12 +232,7 @@ class JobRunner:
     # --- life cycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._work_dir_setting:
-            self._work_dir = Path(self._work_dir_setting)
-            self._work_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            self._tmp = tempfile.TemporaryDirectory(prefix="train_svc-")
-            self._work_dir = Path(self._tmp.name)
+        self._workdir = await asyncio.to_thread(WorkDir.open, self._work_dir_setting)
         for job in await self._records.load_all():
             self._jobs[job.job_id] = job
             if not job.done:
@@ -249,8 +262,8 @@ class JobRunner:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        if self._tmp is not None:
-            await asyncio.to_thread(self._tmp.cleanup)
+        if self._workdir is not None:
+            await asyncio.to_thread(self._workdir.close)
 
     @property
     def trainer_pid(self) -> int | None:
@@ -260,9 +273,15 @@ class JobRunner:
     # --- requests -----------------------------------------------------------------------------------
 
     async def submit(self, request: TrainRequest) -> Job:
-        """Validate and queue a job (InvalidInput at once for a bad request); returns it QUEUED."""
+        """Validate and queue a job (InvalidInput at once for a bad request, Overloaded when
+        `max_queued_jobs` already wait); returns it QUEUED."""
         if self._closing or self._worker is None:
             raise FailedPrecondition("the server is not accepting jobs (starting or shutting down)")
+        if len(self._queue) >= self._max_queued_jobs:
+            raise Overloaded(
+                f"{len(self._queue)} jobs are already queued (MAX_QUEUED_JOBS={self._max_queued_jobs}); "
+                "retry when one has run"
+            )
         params = TrainParams().with_overrides(request.params)
         if not math.isfinite(request.min_accuracy) or not 0.0 <= request.min_accuracy <= 1.0:
             raise InvalidInput(f"min_accuracy must be between 0 and 1, got {request.min_accuracy}")
@@ -402,8 +421,8 @@ class JobRunner:
         started = time.monotonic()
         self._update(job, state=JobState.RUNNING, stage="download", started_at=time.time())
         await self._save(job)
-        assert self._work_dir is not None
-        scratch = self._work_dir / job.job_id
+        assert self._workdir is not None
+        scratch = child_path(self._workdir.path, job.job_id)
         log.info("job %s started", job.job_id, extra={"job_id": job.job_id})
         final: dict[str, Any]
         try:
@@ -417,7 +436,7 @@ class JobRunner:
             final = {"state": JobState.FAILED, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             self._cancel_reasons.pop(job.job_id, None)
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await self._remove_scratch(job, scratch)
         duration = time.monotonic() - started
         self._metrics.job_duration.labels(state=final["state"].value).observe(duration)
         log.info(
@@ -429,17 +448,25 @@ class JobRunner:
         )
         await self._finish(job, **final)
 
+    async def _remove_scratch(self, job: Job, scratch: Path) -> None:
+        """Delete a job's scratch folder; a failure is logged (the job's outcome stands)."""
+        assert self._workdir is not None
+        try:
+            await asyncio.to_thread(remove_tree, self._workdir.path, scratch)
+        except (OSError, ValueError):
+            log.exception("job %s: could not remove %s", job.job_id, scratch, extra={"job_id": job.job_id})
+
     async def _train_and_publish(self, job: Job, scratch: Path, started: float) -> dict[str, Any]:
         """Download, probe, train in a child, publish, maybe promote; returns the job's final fields."""
         timings: dict[str, float] = {}
-        scratch.mkdir(parents=True, exist_ok=True)
-        dataset_path = scratch / (Path(urlparse(job.dataset_uri).path).name or "dataset.csv")
+        scratch.mkdir()  # new: the sweep at start removed any folder of that name
+        dataset_path = scratch / DATASET_FILE
         t0 = time.monotonic()
-        job.dataset_sha256 = await fetch_uri(job.dataset_uri, dataset_path)
+        job.dataset_sha256 = await fetch_dataset(job.dataset_uri, dataset_path, self._limits.max_bytes)
         timings["download_s"] = time.monotonic() - t0
         self._check_cancel(job)
         self._update(job, stage="read")
-        await asyncio.to_thread(probe_dataset, dataset_path)
+        await asyncio.to_thread(probe_dataset, dataset_path, self._limits.max_bytes)
         self._check_cancel(job)
 
         out_dir = scratch / "bundle"
@@ -447,6 +474,7 @@ class JobRunner:
             dataset_path,
             job.params.to_dict(),
             out_dir,
+            limits=self._limits,
             log_level=self._log_level,
             cancel_timeout_s=self._cancel_timeout_s,
         )
@@ -505,10 +533,6 @@ class JobRunner:
         return manifest
 
     def _on_progress(self, job: Job, event: dict[str, Any]) -> None:
-        changes = {
-            name: event[name]
-            for name in ("stage", "epoch", "epochs", "loss", "accuracy", "rows_read", "malformed_rows")
-            if name in event
-        }
+        changes = {name: event[name] for name in _PROGRESS_FIELDS if name in event}
         if changes:
             self._update(job, **changes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 STAGES = ("idle", "download", "read", "word2vec", "fit", "evaluate", "publish")
@@ -33,6 +33,12 @@ class TrainMetrics:
             registry=self.registry,
         )
         self.epoch = Gauge("train_epoch", "Last finished epoch of the running job", registry=self.registry)
+        self.invalid_requests = Counter(
+            "train_invalid_requests_total",
+            "Requests refused as undecodable (a string that is not UTF-8), by RPC",
+            ["rpc"],
+            registry=self.registry,
+        )
         self.stage.state("idle")
         self._http: Any = None
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentiment import bundle
-from sentiment.errors import BundleError, InvalidInput
+from sentiment.errors import BundleError
+from sentiment.names import check_version
 from sentiment.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,18 @@ class PublishedModel:
     current: bool
 
 
+async def _current_or_none(store: ArtifactStore) -> str | None:
+    """CURRENT, or None (logged) when it names no valid version: the listing still answers."""
+    try:
+        return await bundle.read_current(store)
+    except BundleError as exc:
+        log.warning("%s", exc)
+        return None
+
+
 async def list_models(store: ArtifactStore) -> tuple[list[PublishedModel], str]:
     """Every published version (newest first) with its manifest, and the current version ("" if none)."""
-    versions, current = await asyncio.gather(bundle.list_versions(store), bundle.read_current(store))
+    versions, current = await asyncio.gather(bundle.list_versions(store), _current_or_none(store))
     limit = asyncio.Semaphore(16)
 
     async def read(version: str) -> PublishedModel | None:
@@ -40,9 +50,9 @@ async def list_models(store: ArtifactStore) -> tuple[list[PublishedModel], str]:
 
 
 async def promote(store: ArtifactStore, version: str) -> PublishedModel:
-    """Make a published version CURRENT; NotFound for a version the store does not hold."""
-    if not version or "/" in version or version.startswith("."):
-        raise InvalidInput(f"version {version!r} is not a model version name")
+    """Make a published version CURRENT; InvalidInput for a name that is not a version (`check_version`),
+    NotFound for a version the store does not hold."""
+    version = check_version(version)
     manifest = await bundle.read_manifest(store, version)
     await bundle.set_current(store, version)
     log.info("model %s promoted", version, extra={"model_version": version})

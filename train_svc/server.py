@@ -64,11 +64,16 @@ async def start_server(config: TrainConfig) -> TrainServer:
         code_version=config.code_version or package_version(),
         log_level=config.log_level,
         metrics=metrics,
+        dataset_limits=config.dataset_limits,
+        max_queued_jobs=config.max_queued_jobs,
     )
     server: grpc.aio.Server | None = None
     try:
         await runner.start()
-        server = grpc.aio.server(options=rpc.server_options(config.max_message_bytes))
+        server = grpc.aio.server(
+            options=rpc.server_options(config.max_message_bytes),
+            interceptors=[rpc.UndecodableRequests(lambda name: metrics.invalid_requests.labels(name).inc())],
+        )
         train_pb2_grpc.add_TrainServiceServicer_to_server(
             TrainServiceServicer(runner, store, config.auth_token), server
         )

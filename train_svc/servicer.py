@@ -46,6 +46,7 @@ def job_to_proto(job: Job) -> train_pb2.TrainJob:
         promoted=job.promoted,
         rows_read=job.rows_read,
         malformed_rows=job.malformed_rows,
+        notice=job.notice,
         created_at=_timestamp(job.created_at),
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),

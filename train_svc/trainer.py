@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sentiment.bundle import MODEL_FILE, Preprocessing, Thresholds, write_bundle_files
-from sentiment.dataset import ReadStats, load_sample
+from sentiment.dataset import DEFAULT_LIMITS, DatasetLimits, ReadStats, load_sample, sample_notice
 from sentiment.errors import InvalidDataset
 from sentiment.text import FIRST_WORD_ID, TextConfig, Vocabulary, encode, tokenize
 from train_svc.params import DEFAULT_RECIPE, Recipe, TrainParams
@@ -134,11 +134,14 @@ def train(
     text_config: TextConfig = TextConfig(),
     thresholds: Thresholds = Thresholds(),
     recipe: Recipe = DEFAULT_RECIPE,
+    limits: DatasetLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """Train, evaluate on the held-out split and write a bundle folder; returns the manifest fields.
 
-    Deterministic for a given `params.seed` and data. Raises InvalidDataset for unusable data and
-    Cancelled when `should_stop()` turns true.
+    Deterministic for a given `params.seed` and data. Reads at most `limits` of the dataset (more rows
+    than `limits.max_rows` are sampled, and the manifest's and the progress event's `notice` says so).
+    Raises InvalidDataset for unusable data (or one past `limits.max_bytes`) and Cancelled when
+    `should_stop()` turns true.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started, cpu_started = time.monotonic(), time.process_time()
@@ -150,8 +153,18 @@ def train(
 
     progress({"stage": "read"})
     stats = ReadStats()
-    texts, labels = load_sample(dataset_path, params.max_rows, params.seed, stats)
-    progress({"stage": "read", "rows_read": stats.rows_read, "malformed_rows": stats.malformed_rows})
+    texts, labels = load_sample(dataset_path, params.max_rows, params.seed, stats, limits)
+    notice = sample_notice(stats.usable_rows, params.max_rows, limits.max_rows)
+    if notice:
+        log.warning("%s", notice)
+    progress(
+        {
+            "stage": "read",
+            "rows_read": stats.rows_read,
+            "malformed_rows": stats.malformed_rows,
+            "notice": notice,
+        }
+    )
     if len(set(labels)) < 2 or len(texts) < 10:
         raise InvalidDataset(f"need at least 10 rows with both labels, got {len(texts)} usable rows")
     tokens = [tokenize(t, text_config) for t in texts]
@@ -278,6 +291,7 @@ def train(
         "epochs_run": epochs_done,
         "epoch_kept": epoch_kept,  # the epoch (from 1) whose weights the bundle holds: the lowest val_loss
         "split": {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)},
+        "notice": notice,  # set when the rows were capped at limits.max_rows
         "dataset_rows": {
             "read": stats.rows_read,
             "malformed": stats.malformed_rows,
