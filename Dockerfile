@@ -46,8 +46,8 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 WORKDIR /app
-# Shared code: the library and the committed gRPC stubs.
-COPY sentiment/ /app/sentiment/
+# Shared code: the library (its Keras part, sentiment/ml, only where TensorFlow is) and the committed stubs.
+COPY sentiment/*.py /app/sentiment/
 COPY protos/ /app/protos/
 LABEL org.opencontainers.image.title="tweet-sentiment" \
       org.opencontainers.image.description="Tweet sentiment: train, serve and stream over async gRPC"
@@ -55,6 +55,7 @@ LABEL org.opencontainers.image.title="tweet-sentiment" \
 # ---------------------------------------------------------------- train_svc (50051, metrics 8001)
 FROM runtime AS train-svc
 COPY --from=deps-train /opt/venv /opt/venv
+COPY sentiment/ml/ /app/sentiment/ml/
 COPY train_svc/ /app/train_svc/
 RUN python -m compileall -q /app
 # Recorded in each model's manifest.json (CI passes the release tag).
@@ -68,7 +69,7 @@ ENTRYPOINT ["python", "-m", "train_svc"]
 FROM runtime AS model-svc
 COPY --from=deps-model /opt/venv /opt/venv
 # The Keras layers a trained model may contain, so the model file loads (no training code).
-COPY train_svc/__init__.py train_svc/layers.py /app/train_svc/
+COPY sentiment/ml/ /app/sentiment/ml/
 COPY model_svc/ /app/model_svc/
 RUN python -m compileall -q /app
 USER 10001:10001
@@ -78,8 +79,6 @@ ENTRYPOINT ["python", "-m", "model_svc"]
 # ---------------------------------------------------------------- stream_svc (metrics 8003)
 FROM runtime AS stream-svc
 COPY --from=deps-stream /opt/venv /opt/venv
-# stream_svc calls model_svc through its client only (gRPC, no TensorFlow).
-COPY model_svc/__init__.py model_svc/client.py /app/model_svc/
 COPY stream_svc/ /app/stream_svc/
 RUN python -m compileall -q /app
 USER 10001:10001

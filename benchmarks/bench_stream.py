@@ -33,8 +33,8 @@ import aioboto3
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from model_svc.client import PredictClient, Prediction
 from scripts.local_aws import LocalAws, free_port
+from sentiment.predict_client import PredictClient, Prediction
 from sentiment.synthetic import SyntheticTweet, generate, write_jsonl, write_sentiment140
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.pipeline import Pipeline, make_item, utc_timestamp

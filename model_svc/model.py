@@ -119,7 +119,7 @@ class LoadedModel:
         budget (the archive was size-checked before; this checks what Keras actually built)."""
         import keras
 
-        import train_svc.layers  # noqa: F401  (registers the bundle's custom layers for loading)
+        import sentiment.ml.layers  # noqa: F401  (registers the bundle's custom layers for loading)
 
         started = time.monotonic()
         self.bundle = bundle

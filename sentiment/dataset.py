@@ -15,11 +15,12 @@ import random
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from sentiment.errors import InvalidDataset, NotFound
+from sentiment.timefmt import utc_iso
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -54,7 +55,7 @@ DEFAULT_LIMITS = DatasetLimits()
 
 
 @dataclass(frozen=True)
-class Tweet:
+class LabelledTweet:
     label: int  # 0 negative, 1 positive
     id: str
     date: str
@@ -115,7 +116,9 @@ def open_text(path: str | Path, max_bytes: int = 0) -> io.TextIOWrapper:
     return io.TextIOWrapper(stream, encoding="latin-1", newline="")
 
 
-def iter_tweets(path: str | Path, stats: ReadStats | None = None, max_bytes: int = 0) -> Iterator[Tweet]:
+def iter_tweets(
+    path: str | Path, stats: ReadStats | None = None, max_bytes: int = 0
+) -> Iterator[LabelledTweet]:
     """Yield each well-formed labelled row; malformed rows are counted in `stats` and skipped.
 
     Raises InvalidDataset when the file is not gzip it claims to be, when most of its first rows are
@@ -150,7 +153,7 @@ def _check_share(stats: ReadStats) -> None:
         )
 
 
-def _parse(row: list[str], stats: ReadStats) -> Tweet | None:
+def _parse(row: list[str], stats: ReadStats) -> LabelledTweet | None:
     if len(row) != 6:
         stats.malformed_rows += 1
         return None
@@ -167,7 +170,7 @@ def _parse(row: list[str], stats: ReadStats) -> Tweet | None:
         return None
     label = 0 if target == "0" else 1
     stats.by_label[label] += 1
-    return Tweet(label=label, id=ids.strip(), date=date.strip(), user=user.strip(), text=text)
+    return LabelledTweet(label=label, id=ids.strip(), date=date.strip(), user=user.strip(), text=text)
 
 
 def load_sample(
@@ -248,5 +251,5 @@ def parse_twitter_date(value: str) -> str:
             )
         except ValueError:
             return ""
-        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_iso(moment)
     return ""

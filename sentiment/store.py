@@ -60,6 +60,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_location(uri: str, what: str = "URI") -> str:
+    """`uri` if it is `s3://bucket[/key]` or a local path (no other scheme); InvalidInput naming `what`."""
+    if uri.startswith("s3://"):
+        split_s3_uri(uri)
+    elif "://" in uri:
+        raise InvalidInput(f"{what} {shown(uri)} must be s3://bucket/... or a local path")
+    return uri
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
@@ -252,12 +261,10 @@ async def fetch_uri(
 ) -> str:
     """Copy `s3://bucket/key` or a local path to `dest`; returns its sha256. NotFound if it is missing,
     TooLarge past `max_bytes`."""
-    if uri.startswith("s3://"):
+    if check_location(uri, "dataset URI").startswith("s3://"):
         bucket, key = split_s3_uri(uri)
         async with (session or aioboto3.Session()).client("s3") as client:
             return await download_s3_object(client, bucket, key, dest, max_bytes)
-    if "://" in uri:
-        raise InvalidInput(f"unsupported dataset URI scheme: {uri!r} (use s3:// or a local path)")
     return await copy_local_file(Path(uri), dest, max_bytes, f"dataset {uri}")
 
 
@@ -271,8 +278,6 @@ def sha256_file(path: Path) -> str:
 
 async def open_store(uri: str, session: aioboto3.Session | None = None) -> ArtifactStore:
     """A store for `uri`: `s3://bucket/prefix` or a local directory path."""
-    if uri.startswith("s3://"):
+    if check_location(uri, "store URI").startswith("s3://"):
         return await S3Store.open(uri, session)
-    if "://" in uri:
-        raise InvalidInput(f"unsupported store URI scheme: {uri!r} (use s3:// or a local path)")
     return LocalStore(uri)

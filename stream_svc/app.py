@@ -14,8 +14,8 @@ import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from model_svc.client import PredictClient
 from sentiment.errors import ConfigError
+from sentiment.predict_client import PredictClient
 from stream_svc.config import StreamConfig
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.metrics import start_metrics_server

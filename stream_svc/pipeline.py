@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from model_svc.client import Prediction
 from sentiment.errors import InvalidInput
+from sentiment.predict_client import Prediction
 from stream_svc import metrics
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.drain import Abandon, Unfinished, drain_or_abandon

@@ -19,9 +19,9 @@ import grpc
 import pytest
 from aiohttp import web
 
-from model_svc.client import Prediction
 from scripts.local_aws import LocalAws
 from sentiment.errors import InvalidInput
+from sentiment.predict_client import Prediction
 from stream_svc.sink import Item, WriteFailure, create_table
 from stream_svc.tweets import SourceEvent
 from tests.fake_x_api import FakeXApi

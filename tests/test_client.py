@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from model_svc.client import PredictClient, Prediction, RetryPolicy
+from sentiment.predict_client import PredictClient, Prediction, RetryPolicy
 from sentiment.synthetic import CLEARLY_NEGATIVE, CLEARLY_POSITIVE
 
 FAST_RETRY = RetryPolicy(attempts=12, initial_backoff_s=0.05, max_backoff_s=0.5)

@@ -17,7 +17,7 @@ import aioboto3
 import pytest
 from prometheus_client import REGISTRY
 
-from model_svc.client import PredictClient
+from sentiment.predict_client import PredictClient
 from sentiment.synthetic import write_jsonl
 from stream_svc.app import EXIT_TABLE_REFUSED
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters

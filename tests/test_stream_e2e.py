@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 
-from model_svc.client import PredictClient
+from sentiment.predict_client import PredictClient
 from sentiment.synthetic import generate, write_jsonl, x_api_payload
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
 from stream_svc.pipeline import Pipeline

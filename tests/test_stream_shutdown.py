@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from model_svc.client import PredictClient
 from scripts.local_aws import free_port
+from sentiment.predict_client import PredictClient
 from sentiment.synthetic import generate, write_jsonl, x_api_payload
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
 from stream_svc.pipeline import Pipeline

@@ -61,7 +61,7 @@ def test_same_seed_same_model(dataset_file: Path, tmp_path: Path) -> None:
 def test_ngram_linear_sums_the_weights_of_words_and_word_pairs(tmp_path: Path) -> None:
     import keras
 
-    from train_svc.layers import BIGRAM_MULTIPLIER, NGramLinear
+    from sentiment.ml.layers import BIGRAM_MULTIPLIER, NGramLinear
 
     buckets = 101
     layer = NGramLinear(buckets)

@@ -87,7 +87,7 @@ class Recipe:
     frozen_epochs: int = 0
     fine_tune_lr: float = 1e-3
     bidirectional: bool = False
-    # A linear model over hashed words and word pairs beside the LSTM (train_svc.layers.NGramLinear), its
+    # A linear model over hashed words and word pairs beside the LSTM (sentiment.ml.layers.NGramLinear), its
     # logit added to the LSTM's; 0 turns it off. 2**20 weights: 4 MB; the sample's ~370k distinct word pairs
     # share ~310k buckets.
     ngram_buckets: int = 1 << 20

@@ -319,7 +319,7 @@ def build_model(vocabulary_size: int, params: TrainParams, recipe: Recipe = DEFA
     """
     import keras
 
-    from train_svc.layers import NGramLinear
+    from sentiment.ml.layers import NGramLinear
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(

@@ -1,8 +1,8 @@
 """Keras layers of this project that a bundle's model may contain.
 
 Importing this module registers them with Keras, so `keras.models.load_model` can rebuild a saved model;
-model_svc imports it before loading a bundle, the trainer to build the model, and the model-svc image
-carries this file (not the rest of train_svc). No Lambda layers: a bundle never carries Python bytecode.
+model_svc imports it before loading a bundle, the trainer to build the model. No Lambda layers: a bundle
+never carries Python bytecode.
 """
 
 from __future__ import annotations
