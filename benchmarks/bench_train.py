@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR, machine, write_results
 from sentiment.bundle import new_version, publish, set_current
 from sentiment.dataset import load_sample
 from sentiment.store import LocalStore
@@ -34,7 +33,7 @@ from train_svc.trainer import binary_metrics, split_indices, train
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATASET = REPO.parent / "shared" / "data" / "sentiment140_sample.csv.gz"
-RESULTS = REPO / "benchmarks" / "results" / "train.json"
+RESULTS = RESULTS_DIR / "train.json"
 FULL_FILE_ROWS = 1_600_000
 
 # The notebook's recipe with its defects fixed (gensim 4 names, no recurrent_dropout, 50 ids not 300),
@@ -44,6 +43,10 @@ REFERENCE_PARAMS = TrainParams(sequence_length=50, embedding_dim=300, w2v_epochs
 REFERENCE_TEXT = TextConfig(drop_stop_words=True)
 REFERENCE_RECIPE = Recipe(
     frozen_epochs=8, length_bucketing=False, w2v_workers=2, dropout=0.5, spatial_dropout=0.0
+)
+REFERENCE_MODEL = "reference recipe (frozen W2V, LSTM 100, stop words dropped, 8 epochs)"
+DEFAULT_MODEL = (
+    "this project's default (W2V-initialised embedding fine-tuned, LSTM 100 + hashed 1-2-gram linear)"
 )
 
 
@@ -117,7 +120,7 @@ def summary(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--max-rows", type=int, default=0, help="sample this many rows (0: all)")
@@ -129,91 +132,51 @@ def main() -> None:
         "curve, and how the time scales towards the full 1.6M-row file)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not args.dataset.is_file():
-        raise SystemExit(f"dataset not found: {args.dataset} (see ../shared/data/README.md)")
-    params = TrainParams().with_overrides({"max_rows": args.max_rows})
+    return parser.parse_args()
 
-    print(f"dataset {args.dataset.name}, default params {params.to_dict()}", flush=True)
-    baseline = tfidf_baseline(args.dataset, params)
-    print(f"TF-IDF + logistic regression: accuracy {baseline['accuracy']:.4f} in {baseline['total_s']:.1f}s")
 
-    rows: list[dict[str, Any]] = [
-        {
-            "model": "TF-IDF (1-2 grams) + logistic regression",
-            "accuracy": round(baseline["accuracy"], 4),
-            "f1": round(baseline["f1"], 4),
-            "total_s": round(baseline["total_s"], 1),
-            "source": "this run",
-        }
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        if args.reference:
-            print("reference recipe:", flush=True)
-            ref = summary(
-                train_and_publish(
-                    args.dataset,
-                    REFERENCE_PARAMS.with_overrides({"max_rows": args.max_rows}),
-                    Path(tmp) / "reference",
-                    REFERENCE_TEXT,
-                    REFERENCE_RECIPE,
-                )
-            )
-            rows.append(
-                {
-                    "model": "reference recipe (frozen W2V, LSTM 100, stop words dropped, 8 epochs)",
-                    "accuracy": ref["accuracy"],
-                    "f1": ref["f1"],
-                    "total_s": ref["total_s"],
-                    "source": "this run",
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "model": "reference recipe (frozen W2V, LSTM 100, stop words dropped, 8 epochs)",
-                    "accuracy": REFERENCE_MEASURED["accuracy"],
-                    "f1": REFERENCE_MEASURED["f1"],
-                    "total_s": REFERENCE_MEASURED["total_s"],
-                    "source": "measured earlier",
-                }
-            )
-        slices = []
-        for n in sorted(int(v) for v in args.slices.split(",") if v.strip()):
-            print(f"default recipe on a {n}-row slice:", flush=True)
-            sliced = params.with_overrides({"max_rows": n})
-            slices.append(summary(train_and_publish(args.dataset, sliced, Path(tmp) / f"slice-{n}")))
-        print("default recipe:", flush=True)
-        manifest = train_and_publish(args.dataset, params, Path(tmp) / "default")
-    default = summary(manifest)
-    scaling = [*slices, default] if slices else []
-    rows.append(
-        {
-            "model": "this project's default (W2V-initialised embedding fine-tuned, LSTM 100 + hashed 1-2-gram linear)",
-            "accuracy": default["accuracy"],
-            "f1": default["f1"],
-            "total_s": default["total_s"],
-            "source": "this run",
-        }
-    )
-
-    result = {
-        "dataset": args.dataset.name,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()},
-        "params": manifest["params"],
-        "recipe": manifest["recipe"],
-        "text": manifest["text"],
-        "default": default,
-        "table": rows,
-        "scaling": scaling,
-        # Every stage is linear in the rows (the vocabulary is capped): the whole job on 1.6M rows here.
-        "full_file_projection_s": round(default["total_s"] / default["rows"] * FULL_FILE_ROWS),
+def table_row(model: str, figures: dict[str, Any], source: str = "this run") -> dict[str, Any]:
+    return {
+        "model": model,
+        "accuracy": figures["accuracy"],
+        "f1": figures["f1"],
+        "total_s": figures["total_s"],
+        "source": source,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
+
+def baseline_row(dataset: Path, params: TrainParams) -> dict[str, Any]:
+    baseline = tfidf_baseline(dataset, params)
+    print(f"TF-IDF + logistic regression: accuracy {baseline['accuracy']:.4f} in {baseline['total_s']:.1f}s")
+    rounded = {
+        "accuracy": round(baseline["accuracy"], 4),
+        "f1": round(baseline["f1"], 4),
+        "total_s": round(baseline["total_s"], 1),
+    }
+    return table_row("TF-IDF (1-2 grams) + logistic regression", rounded)
+
+
+def reference_row(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The reference recipe: rerun here with --reference, else its earlier measurement."""
+    if not args.reference:
+        return table_row(REFERENCE_MODEL, REFERENCE_MEASURED, "measured earlier")
+    print("reference recipe:", flush=True)
+    params = REFERENCE_PARAMS.with_overrides({"max_rows": args.max_rows})
+    ref = summary(train_and_publish(args.dataset, params, work, REFERENCE_TEXT, REFERENCE_RECIPE))
+    return table_row(REFERENCE_MODEL, ref)
+
+
+def slice_runs(args: argparse.Namespace, params: TrainParams, work: Path) -> list[dict[str, Any]]:
+    """The default recipe on seeded slices of the --slices sizes, smallest first."""
+    slices = []
+    for n in sorted(int(v) for v in args.slices.split(",") if v.strip()):
+        print(f"default recipe on a {n}-row slice:", flush=True)
+        sliced = params.with_overrides({"max_rows": n})
+        slices.append(summary(train_and_publish(args.dataset, sliced, work / f"slice-{n}")))
+    return slices
+
+
+def print_tables(default: dict[str, Any], rows: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> None:
     print()
     for key, value in default.items():
         print(f"{key:>24}: {value}")
@@ -236,6 +199,41 @@ def main() -> None:
                 f"| {run['rows']} | {run['train_rows']} | {run['accuracy']:.4f} | {run['f1']:.4f} | "
                 f"{run['word2vec_s']:.0f} | {run['fit_s']:.0f} | {run['total_s']:.0f} | {per_10k:.1f} |"
             )
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.dataset.is_file():
+        raise SystemExit(f"dataset not found: {args.dataset} (see ../shared/data/README.md)")
+    params = TrainParams().with_overrides({"max_rows": args.max_rows})
+
+    print(f"dataset {args.dataset.name}, default params {params.to_dict()}", flush=True)
+    rows = [baseline_row(args.dataset, params)]
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        rows.append(reference_row(args, Path(tmp) / "reference"))
+        slices = slice_runs(args, params, Path(tmp))
+        print("default recipe:", flush=True)
+        manifest = train_and_publish(args.dataset, params, Path(tmp) / "default")
+    default = summary(manifest)
+    scaling = [*slices, default] if slices else []
+    rows.append(table_row(DEFAULT_MODEL, default))
+
+    result = {
+        "dataset": args.dataset.name,
+        "machine": machine("cpus", "platform"),
+        "params": manifest["params"],
+        "recipe": manifest["recipe"],
+        "text": TextConfig().to_dict(),  # the default run's text settings (in its preprocessing.json)
+        "default": default,
+        "table": rows,
+        "scaling": scaling,
+        # Every stage is linear in the rows (the vocabulary is capped): the whole job on 1.6M rows here.
+        "full_file_projection_s": round(default["total_s"] / default["rows"] * FULL_FILE_ROWS),
+    }
+    write_results(args.out, result)
+    print_tables(default, rows, scaling)
     minutes = result["full_file_projection_s"] / 60
     print(
         f"\nthe whole job on the full {FULL_FILE_ROWS:,}-row file, scaled from this run: ~{minutes:.0f} min"

@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
-from sentiment.config import Environ, available_cpus, env_float, env_int, env_str
+from sentiment.config import Environ, available_cpus, env_float, env_int, env_str, renamed
 from sentiment.errors import ConfigError
+
+# Variables renamed (old -> new): BATCH_MAX_SIZE read like MAX_BATCH_TEXTS, two different batches.
+RENAMED = {
+    "BATCH_MAX_SIZE": "INFERENCE_BATCH_MAX_TEXTS",
+    "BATCH_MAX_WAIT_S": "INFERENCE_BATCH_MAX_WAIT_S",
+    "MAX_BATCH_TEXTS": "PREDICT_BATCH_MAX_TEXTS",
+}
 
 
 @dataclass(frozen=True)
@@ -15,11 +22,11 @@ class ModelConfig:
     listen_addr: str = "[::]:50052"
     model_dir: str = ""  # where bundles are downloaded (each load fetches again); "" = a temporary directory
     reload_interval_s: float = 10.0
-    batch_max_size: int = 512
-    batch_max_wait_s: float = 0.002
+    inference_batch_max_texts: int = 512  # texts the inference thread scores in one call
+    inference_batch_max_wait_s: float = 0.002
     queue_max_texts: int = 4096
     max_text_chars: int = 1000
-    max_batch_texts: int = 1024
+    predict_batch_max_texts: int = 1024  # texts one PredictBatch request may carry
     intra_op_threads: int = field(default_factory=available_cpus)
     inter_op_threads: int = field(default_factory=available_cpus)
     tls_cert_path: str = ""
@@ -33,9 +40,10 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.queue_max_texts < self.max_batch_texts:
+        if self.queue_max_texts < self.predict_batch_max_texts:
             raise ConfigError(
-                f"QUEUE_MAX_TEXTS={self.queue_max_texts} must be >= MAX_BATCH_TEXTS={self.max_batch_texts}, "
+                f"QUEUE_MAX_TEXTS={self.queue_max_texts} must be >= "
+                f"PREDICT_BATCH_MAX_TEXTS={self.predict_batch_max_texts}, "
                 "or a full PredictBatch could never be admitted"
             )
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
@@ -44,20 +52,28 @@ class ModelConfig:
     @property
     def max_message_bytes(self) -> int:
         """Room for the largest valid PredictBatch (4 UTF-8 bytes a character) and 1 MiB of headroom."""
-        return self.max_batch_texts * (self.max_text_chars * 4 + 16) + (1 << 20)
+        return self.predict_batch_max_texts * (self.max_text_chars * 4 + 16) + (1 << 20)
 
     @classmethod
     def from_env(cls, environ: Environ) -> ModelConfig:
+        """Read every variable; the names before the rename are still read, with a FutureWarning."""
+        environ = renamed(environ, RENAMED)
         return cls(
             store_uri=env_str(environ, "STORE_URI"),
             listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
             model_dir=environ.get("MODEL_DIR", ""),
             reload_interval_s=env_float(environ, "RELOAD_INTERVAL_S", cls.reload_interval_s, minimum=0.01),
-            batch_max_size=env_int(environ, "BATCH_MAX_SIZE", cls.batch_max_size, minimum=1),
-            batch_max_wait_s=env_float(environ, "BATCH_MAX_WAIT_S", cls.batch_max_wait_s, minimum=0.0),
+            inference_batch_max_texts=env_int(
+                environ, "INFERENCE_BATCH_MAX_TEXTS", cls.inference_batch_max_texts, minimum=1
+            ),
+            inference_batch_max_wait_s=env_float(
+                environ, "INFERENCE_BATCH_MAX_WAIT_S", cls.inference_batch_max_wait_s, minimum=0.0
+            ),
             queue_max_texts=env_int(environ, "QUEUE_MAX_TEXTS", cls.queue_max_texts, minimum=1),
             max_text_chars=env_int(environ, "MAX_TEXT_CHARS", cls.max_text_chars, minimum=1),
-            max_batch_texts=env_int(environ, "MAX_BATCH_TEXTS", cls.max_batch_texts, minimum=1),
+            predict_batch_max_texts=env_int(
+                environ, "PREDICT_BATCH_MAX_TEXTS", cls.predict_batch_max_texts, minimum=1
+            ),
             intra_op_threads=env_int(environ, "TF_INTRA_OP_THREADS", available_cpus(), minimum=1),
             inter_op_threads=env_int(environ, "TF_INTER_OP_THREADS", available_cpus(), minimum=1),
             tls_cert_path=environ.get("TLS_CERT_PATH", ""),

@@ -11,13 +11,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sentiment.bundle import DEFAULT_LIMITS, LocalBundle, Thresholds
 from sentiment.errors import BundleError
+from sentiment.prediction import Prediction
 from sentiment.text import encode, tokenize
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,15 +52,6 @@ def configure_threads(intra_op: int, inter_op: int) -> bool:
             )
         return False
     return True
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One text's result: the sigmoid score, its label and the version that computed it."""
-
-    label: str
-    score: float
-    model_version: str
 
 
 def group_by_length(
@@ -133,7 +124,7 @@ class LoadedModel:
         model = self.keras_model
         _check_fits(model, bundle, max_weight_bytes)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])  # type: ignore[untyped-decorator]
         def scores(ids: tf.Tensor) -> tf.Tensor:
             return tf.reshape(model(ids, training=False), [-1])
 
@@ -192,11 +183,11 @@ class LoadedModel:
             out[group] = self.score_ids(encode([tokens[i] for i in group], vocabulary, limit, pad_to=width))
         return out
 
-    def predict_texts(self, texts: Sequence[str]) -> list[Scored]:
+    def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:
         """Label, score and version for each text, in order."""
         label = self.thresholds.label
         version = self.version
-        return [Scored(label(s), s, version) for s in self.scores(texts).tolist()]
+        return [Prediction(label(s), s, version) for s in self.scores(texts).tolist()]
 
     def reference_scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Scores the plain ways, for tests: (each text alone through the compiled function, and all texts

@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_svc import metrics
+from model_svc.inference import Inference
 from model_svc.model import LoadedModel
-from model_svc.predictor import Predictor
 from sentiment import bundle
 from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
 from sentiment.errors import BundleError, NotFound
@@ -42,7 +41,7 @@ class _Failure:
 
 
 class Reloader:
-    """Keeps `predictor.model` equal to the version `models/CURRENT` names, whenever that version loads.
+    """Keeps `inference.model` equal to the version `models/CURRENT` names, whenever that version loads.
 
     A version that fails verification (BundleError: format version, checksum, missing file, a field out of
     `limits`) is refused for good, since versions are immutable; any other failure (store unreachable, a
@@ -54,7 +53,7 @@ class Reloader:
         self,
         store: ArtifactStore,
         model_dir: Path,
-        predictor: Predictor,
+        inference: Inference,
         interval_s: float,
         on_loaded: Callable[[LoadedModel], Awaitable[None]] | None = None,
         limits: BundleLimits = DEFAULT_LIMITS,
@@ -62,7 +61,8 @@ class Reloader:
     ) -> None:
         self.store = store
         self.model_dir = model_dir
-        self.predictor = predictor
+        self.inference = inference
+        self.metrics = inference.metrics
         self.interval_s = interval_s
         self.on_loaded = on_loaded
         self.limits = limits
@@ -89,7 +89,7 @@ class Reloader:
         try:
             version = await bundle.read_current(self.store)
         except Exception as exc:
-            metrics.RELOAD_FAILURES.inc()
+            self.metrics.load_failures.inc()
             log.warning("cannot read %s from %s: %s", bundle.CURRENT_KEY, self.store.uri, exc)
             return False
         self.current_version = version
@@ -98,7 +98,7 @@ class Reloader:
                 log.info("no model promoted yet in %s; polling every %.1fs", self.store.uri, self.interval_s)
                 self._told_nothing_promoted = True
             return False
-        if version == self.predictor.version:
+        if version == self.inference.version:
             return False
         failure = self.failures.get(version)
         if failure is not None and (failure.retry_at is None or time.monotonic() < failure.retry_at):
@@ -127,13 +127,10 @@ class Reloader:
                 await self._remove(directory)
             return False
         elapsed = time.monotonic() - started
-        old = self.predictor.swap(model)
+        old = self.inference.swap(model)
         self.failures.pop(version, None)
-        metrics.MODEL_LOAD_SECONDS.labels(version).set(elapsed)
-        metrics.MODEL.labels(version).set(1)
+        self.metrics.serving(version, elapsed, old.version if old else None)
         if old is not None:
-            metrics.MODEL.remove(old.version)
-            metrics.MODEL_LOAD_SECONDS.remove(old.version)
             await self._remove(old.bundle.directory)
         log.info(
             "model %s serving (fetch + load + warm %.2fs%s)",
@@ -173,10 +170,10 @@ class Reloader:
             log.error("could not remove %s: %s", directory, exc)
 
     def _record_failure(self, version: str, exc: Exception) -> None:
-        metrics.RELOAD_FAILURES.inc()
+        self.metrics.load_failures.inc()
         previous = self.failures.get(version)
         attempts = previous.attempts + 1 if previous else 1
-        serving = self.predictor.version or "none"
+        serving = self.inference.version or "none"
         if isinstance(exc, BundleError):
             self.failures[version] = _Failure(str(exc), attempts, None)
             log.error(

@@ -16,28 +16,31 @@ configuration (real AWS, or whatever AWS_ENDPOINT_URL names) instead of starting
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 
+from scripts.demo_grpcurl import GRPCURL, follow_job, grpcurl, wait_model
+from scripts.demo_stack import Stack, stop_state, write_state
 from scripts.local_aws import LocalAws, free_port
 from sentiment.synthetic import write_jsonl, write_sentiment140
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("DEMO_VAR_DIR") or ROOT / "var")  # a script, run once: read at start
 LOGS = VAR / "logs"
+DEMO_DIR = VAR / "demo"
 STATE = VAR / "stack.json"
-GRPCURL = str(Path(sys.executable).with_name("grpcurl"))
 
 
 # The generated tweets are few and their signal strong: smaller batches than the recipe's 1024 give the
@@ -71,62 +74,6 @@ def step(number: int, title: str, log: Path | None = None) -> Iterator[None]:
     print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
 
 
-def grpcurl(address: str, method: str, body: dict[str, Any] | None = None, *, max_time_s: float = 30) -> str:
-    """Run the real grpcurl binary as a user would; returns stdout, raises with its stderr."""
-    command = [GRPCURL, "-plaintext", "-max-time", str(max_time_s)]
-    if body is not None:
-        command += ["-d", json.dumps(body)]
-    command += [address, method]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=max_time_s + 10)
-    if result.returncode != 0:
-        raise RuntimeError(f"grpcurl {method} failed: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
-
-
-class Stack:
-    """The programs of one demo run: started with their logs under var/logs, stopped with SIGTERM."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, module: str, extra_env: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        log = open(LOGS / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=ROOT,
-            env={**self.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo, which then stops each program in order
-        )
-
-    def wait_serving(self, name: str, address: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}")
-            try:
-                if '"SERVING"' in grpcurl(address, "grpc.health.v1.Health/Check", {}, max_time_s=2):
-                    return
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{name} was not SERVING on {address} within {timeout_s:.0f}s")
-
-    def stop(self, grace_s: float = 20) -> None:
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    say(f"{name} did not stop within {grace_s:.0f}s; killing it")
-                    proc.kill()
-                    proc.wait()
-
-
 def settings() -> dict[str, Any]:
     return {
         "rows": int(os.environ.get("DEMO_ROWS", "20000")),
@@ -140,200 +87,178 @@ def settings() -> dict[str, Any]:
     }
 
 
+@dataclass
+class Demo:
+    """One run's settings, the environment its programs get, what it started and what it found."""
+
+    cfg: dict[str, Any]
+    up: bool
+    env: dict[str, str]
+    stack: Stack
+    aws: LocalAws | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for name in self.stack.stop():
+            say(f"{name} did not stop within 20s; killed it")
+        if self.aws:
+            self.aws.stop()
+
+
+def aws_endpoint(demo: Demo) -> None:
+    """1: moto (unless LOCAL_AWS=0), the bucket and the analysis table."""
+    cfg, env = demo.cfg, demo.env
+    if cfg["local_aws"]:
+        demo.aws = LocalAws(log_path=LOGS / "aws.log").start()
+        env.update(demo.aws.env)
+        print(f"    moto (S3 + DynamoDB) on {demo.aws.endpoint}")
+    os.environ.update(env)
+    s3 = boto3.client("s3")
+    try:
+        s3.create_bucket(Bucket=cfg["bucket"])
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    subprocess.run(
+        [sys.executable, "-m", "stream_svc", "create-table"],
+        cwd=ROOT,
+        env={**env, "DYNAMODB_TABLE": cfg["table"]},
+        check=True,
+        capture_output=True,
+    )
+    print(f"    bucket s3://{cfg['bucket']}, table {cfg['table']}")
+
+
+def upload_dataset(demo: Demo, dataset_key: str) -> None:
+    """2: the dataset (DATASET, or one generated) uploaded to the bucket."""
+    cfg = demo.cfg
+    source = Path(cfg["dataset"]) if cfg["dataset"] else DEMO_DIR / "generated.csv.gz"
+    if not cfg["dataset"]:
+        write_sentiment140(source, cfg["rows"], seed=1)
+    boto3.client("s3").upload_file(str(source), cfg["bucket"], dataset_key)
+    print(f"    {source} -> s3://{cfg['bucket']}/{dataset_key} ({source.stat().st_size / 1e6:.1f} MB)")
+
+
+def train_request(cfg: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
+    request: dict[str, Any] = {"dataset_uri": dataset_uri, "promote": True, "min_accuracy": 0.6}
+    params = {} if cfg["dataset"] else dict(GENERATED_DATA_PARAMS)
+    if cfg["epochs"]:
+        params["epochs"] = cfg["epochs"]
+    if cfg["max_rows"]:
+        params["max_rows"] = cfg["max_rows"]
+    if params:
+        request["params"] = params
+    return request
+
+
+def train_and_load(demo: Demo, dataset_uri: str) -> None:
+    """3: train_svc and model_svc started; Train with grpcurl; WatchJob until promoted; model_svc loads it."""
+    store_uri = f"s3://{demo.cfg['bucket']}/store"
+    # `make up` takes the well-known ports, so the README's grpcurl lines work as written.
+    train_port, model_port = (50051, 50052) if demo.up else (free_port(), free_port())
+    train = demo.stack.start("train_svc", {"STORE_URI": store_uri}, port=train_port)
+    model = demo.stack.start("model_svc", {"STORE_URI": store_uri, "RELOAD_INTERVAL_S": "1"}, port=model_port)
+    asyncio.run(train.wait_serving(timeout_s=120))
+    request = train_request(demo.cfg, dataset_uri)
+    print(
+        f"    grpcurl -plaintext -d '{json.dumps(request)}' {train.address} sentiment.v1.TrainService/Train"
+    )
+    job = json.loads(grpcurl(train.address, "sentiment.v1.TrainService/Train", request))
+    print(f"    job {job['job_id']} {job['state']}")
+    job = follow_job(train.address, job["job_id"])
+    if job.get("state") != "SUCCEEDED" or not job.get("promoted"):
+        raise RuntimeError(
+            f"job ended {job.get('state')} (promoted={job.get('promoted', False)}): {job.get('error', '')}"
+        )
+    version = job["model_version"]
+    metrics = job.get("metrics", {})
+    print(f"    model {version}: accuracy {metrics.get('accuracy', 0):.3f}, F1 {metrics.get('f1', 0):.3f}")
+    wait_model(model, version)
+    print(f"    model_svc serves {version}")
+    demo.summary.update(
+        model_version=version, metrics=metrics, train_addr=train.address, model_addr=model.address
+    )
+
+
+def stream_replay(demo: Demo) -> None:
+    """4: stream_svc on a replay of tweets the model has not seen, to its end, writing to DynamoDB."""
+    cfg = demo.cfg
+    replay = write_jsonl(DEMO_DIR / "replay.jsonl", cfg["tweets"], seed=99)
+    dead_letter = DEMO_DIR / "dead-letter.jsonl"
+    dead_letter.unlink(missing_ok=True)
+    stream = demo.stack.start(
+        "stream_svc",
+        {
+            "SOURCE": "replay",
+            "REPLAY_PATH": str(replay),
+            "MODEL_TARGET": f"dns:///{demo.summary['model_addr']}",
+            "DYNAMODB_TABLE": cfg["table"],
+            "DEAD_LETTER_PATH": str(dead_letter),
+        },
+    )
+    code = stream.wait(timeout_s=600)
+    if code != 0:
+        raise RuntimeError(f"stream_svc exited with {code}")
+    items = count_items(cfg["table"])
+    print(f"    {items} items in {cfg['table']}")
+    demo.summary.update(items=items, tweets=cfg["tweets"], dead_lettered=count_lines(dead_letter))
+
+
+def report(demo: Demo) -> None:
+    """5: `stream_svc report`: the figures as JSON and the PNG chart."""
+    chart, figures = DEMO_DIR / "sentiment.png", DEMO_DIR / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "stream_svc", "report", "--plot", str(chart), "--json", str(figures)],
+        cwd=ROOT,
+        env={**demo.env, "DYNAMODB_TABLE": demo.cfg["table"]},
+        check=True,
+    )
+    print(f"    chart: {shown(chart)}")
+    demo.summary.update(report=json.loads(figures.read_text()), chart=str(chart))
+
+
+def leave_running(demo: Demo) -> None:
+    """`--up`: the state `--down` needs written to var/stack.json, and the variables to export for grpcurl."""
+    state = write_state(STATE, demo.stack, demo.aws, demo.summary)
+    say(
+        f"stack left running: train_svc {state['train_addr']}, model_svc {state['model_addr']}; "
+        "`make down` stops it"
+    )
+    for key, value in state["env"].items():
+        print(f"    export {key}={value}")
+
+
 def run(up: bool) -> dict[str, Any]:
     """Run the demo; returns the summary it also writes to var/demo/summary.json."""
     cfg = settings()
-    demo_dir = VAR / "demo"
-    for folder in (LOGS, demo_dir):
+    for folder in (LOGS, DEMO_DIR):
         folder.mkdir(parents=True, exist_ok=True)
-    aws: LocalAws | None = None
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEMO_")}
     env.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "METRICS_PORT": "0"})
-    stack = Stack(env)
-    summary: dict[str, Any] = {}
+    demo = Demo(cfg, up, env, Stack(env, LOGS))
+    dataset_key = "datasets/" + (Path(cfg["dataset"]).name if cfg["dataset"] else "generated.csv.gz")
     try:
         with step(1, "local AWS endpoint, bucket and analysis table", LOGS / "aws.log"):
-            if cfg["local_aws"]:
-                aws = LocalAws(log_path=LOGS / "aws.log").start()
-                env.update(aws.env)
-                print(f"    moto (S3 + DynamoDB) on {aws.endpoint}")
-            os.environ.update(env)
-            s3 = boto3.client("s3")
-            try:
-                s3.create_bucket(Bucket=cfg["bucket"])
-            except s3.exceptions.BucketAlreadyOwnedByYou:
-                pass
-            subprocess.run(
-                [sys.executable, "-m", "stream_svc", "create-table"],
-                cwd=ROOT,
-                env={**env, "DYNAMODB_TABLE": cfg["table"]},
-                check=True,
-                capture_output=True,
-            )
-            print(f"    bucket s3://{cfg['bucket']}, table {cfg['table']}")
-
-        dataset_key = "datasets/" + (Path(cfg["dataset"]).name if cfg["dataset"] else "generated.csv.gz")
-        dataset_uri = f"s3://{cfg['bucket']}/{dataset_key}"
+            aws_endpoint(demo)
         with step(2, "dataset uploaded to S3"):
-            source = Path(cfg["dataset"]) if cfg["dataset"] else demo_dir / "generated.csv.gz"
-            if not cfg["dataset"]:
-                write_sentiment140(source, cfg["rows"], seed=1)
-            s3.upload_file(str(source), cfg["bucket"], dataset_key)
-            print(f"    {source} -> {dataset_uri} ({source.stat().st_size / 1e6:.1f} MB)")
-
-        store_uri = f"s3://{cfg['bucket']}/store"
-        # `make up` takes the well-known ports, so the README's grpcurl lines work as written.
-        train_port, model_port = (50051, 50052) if up else (free_port(), free_port())
-        train_addr, model_addr = f"127.0.0.1:{train_port}", f"127.0.0.1:{model_port}"
-        with step(
-            3, "train_svc + model_svc; Train with grpcurl; model promoted and loaded", LOGS / "train_svc.log"
-        ):
-            stack.start("train_svc", "train_svc", {"LISTEN_ADDR": train_addr, "STORE_URI": store_uri})
-            stack.start(
-                "model_svc",
-                "model_svc",
-                {"LISTEN_ADDR": model_addr, "STORE_URI": store_uri, "RELOAD_INTERVAL_S": "1"},
-            )
-            stack.wait_serving("train_svc", train_addr)
-            request = {"dataset_uri": dataset_uri, "promote": True, "min_accuracy": 0.6}
-            params = {} if cfg["dataset"] else dict(GENERATED_DATA_PARAMS)
-            if cfg["epochs"]:
-                params["epochs"] = cfg["epochs"]
-            if cfg["max_rows"]:
-                params["max_rows"] = cfg["max_rows"]
-            if params:
-                request["params"] = params
-            print(
-                f"    grpcurl -plaintext -d '{json.dumps(request)}' {train_addr} sentiment.v1.TrainService/Train"
-            )
-            job = json.loads(grpcurl(train_addr, "sentiment.v1.TrainService/Train", request))
-            print(f"    job {job['job_id']} {job['state']}")
-            job = follow_job(train_addr, job["job_id"])
-            if job.get("state") != "SUCCEEDED" or not job.get("promoted"):
-                raise RuntimeError(
-                    f"job ended {job.get('state')} (promoted={job.get('promoted', False)}): {job.get('error', '')}"
-                )
-            version = job["model_version"]
-            metrics = job.get("metrics", {})
-            print(
-                f"    model {version}: accuracy {metrics.get('accuracy', 0):.3f}, F1 {metrics.get('f1', 0):.3f}"
-            )
-            wait_model(stack, model_addr, version)
-            print(f"    model_svc serves {version}")
-            summary.update(
-                model_version=version, metrics=metrics, train_addr=train_addr, model_addr=model_addr
-            )
-
-        replay = demo_dir / "replay.jsonl"
-        with step(
-            4, f"stream_svc on a replay of {cfg['tweets']} unseen tweets -> DynamoDB", LOGS / "stream_svc.log"
-        ):
-            write_jsonl(replay, cfg["tweets"], seed=99)
-            dead_letter = demo_dir / "dead-letter.jsonl"
-            dead_letter.unlink(missing_ok=True)
-            stack.start(
-                "stream_svc",
-                "stream_svc",
-                {
-                    "SOURCE": "replay",
-                    "REPLAY_PATH": str(replay),
-                    "MODEL_TARGET": f"dns:///{model_addr}",
-                    "DYNAMODB_TABLE": cfg["table"],
-                    "DEAD_LETTER_PATH": str(dead_letter),
-                },
-            )
-            code = stack.procs["stream_svc"].wait(timeout=600)
-            if code != 0:
-                raise RuntimeError(f"stream_svc exited with {code}")
-            items = count_items(cfg["table"])
-            print(f"    {items} items in {cfg['table']}")
-            summary.update(items=items, tweets=cfg["tweets"], dead_lettered=count_lines(dead_letter))
-
-        chart = demo_dir / "sentiment.png"
+            upload_dataset(demo, dataset_key)
+        title = "train_svc + model_svc; Train with grpcurl; model promoted and loaded"
+        with step(3, title, LOGS / "train_svc.log"):
+            train_and_load(demo, f"s3://{cfg['bucket']}/{dataset_key}")
+        title = f"stream_svc on a replay of {cfg['tweets']} unseen tweets -> DynamoDB"
+        with step(4, title, LOGS / "stream_svc.log"):
+            stream_replay(demo)
         with step(5, "report"):
-            figures = demo_dir / "report.json"
-            subprocess.run(
-                [sys.executable, "-m", "stream_svc", "report", "--plot", str(chart), "--json", str(figures)],
-                cwd=ROOT,
-                env={**env, "DYNAMODB_TABLE": cfg["table"]},
-                check=True,
-            )
-            report = json.loads(figures.read_text())
-            print(f"    chart: {shown(chart)}")
-            summary.update(report=report, chart=str(chart))
-
-        (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            report(demo)
+        (DEMO_DIR / "summary.json").write_text(json.dumps(demo.summary, indent=2, default=str))
         if up:
-            state = {
-                "pids": {name: proc.pid for name, proc in stack.procs.items() if proc.poll() is None},
-                "aws_pid": aws._proc.pid if aws and aws._proc else None,
-                "env": {k: v for k, v in env.items() if k.startswith("AWS_")},
-                **{k: summary[k] for k in ("train_addr", "model_addr", "model_version")},
-            }
-            STATE.write_text(json.dumps(state, indent=2))
-            say(f"stack left running: train_svc {train_addr}, model_svc {model_addr}; `make down` stops it")
-            for key, value in state["env"].items():
-                print(f"    export {key}={value}")
-            return summary
+            leave_running(demo)
+            return demo.summary
     except BaseException:
-        stack.stop()
-        if aws:
-            aws.stop()
+        demo.stop()
         raise
     with step(6, "stopping everything (logs kept under var/logs)"):
-        stack.stop()
-        if aws:
-            aws.stop()
-    return summary
-
-
-def follow_job(address: str, job_id: str) -> dict[str, Any]:
-    """Follow WatchJob with grpcurl, printing each stage/epoch; returns the final job."""
-    command = [
-        GRPCURL,
-        "-plaintext",
-        "-d",
-        json.dumps({"job_id": job_id}),
-        address,
-        "sentiment.v1.TrainService/WatchJob",
-    ]
-    last: dict[str, Any] = {}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        buffer = ""
-        for line in proc.stdout:
-            buffer += line
-            if line.rstrip() != "}":
-                continue
-            last = json.loads(buffer)
-            buffer = ""
-            epoch = (
-                f" epoch {last.get('epoch', 0)}/{last.get('epochs', 0)}" if last.get("stage") == "fit" else ""
-            )
-            acc = f" val_accuracy {last['accuracy']:.3f}" if "accuracy" in last else ""
-            print(f"    {last.get('state', '?')} {last.get('stage', '')}{epoch}{acc}", flush=True)
-    return last
-
-
-def wait_model(stack: Stack, address: str, version: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if stack.procs["model_svc"].poll() is not None:
-            raise RuntimeError("model_svc exited; read var/logs/model_svc.log")
-        try:
-            if (
-                json.loads(grpcurl(address, "sentiment.v1.PredictService/GetModel", {}, max_time_s=5)).get(
-                    "version"
-                )
-                == version
-            ):
-                return
-        except (RuntimeError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(
-        f"model_svc did not load {version} within {timeout_s:.0f}s; read var/logs/model_svc.log"
-    )
+        demo.stop()
+    return demo.summary
 
 
 def count_items(table: str) -> int:
@@ -346,31 +271,10 @@ def count_lines(path: Path) -> int:
 
 
 def down() -> None:
-    if not STATE.exists():
+    if stop_state(STATE):
+        say("stack stopped")
+    else:
         say("nothing running (no var/stack.json)")
-        return
-    state = json.loads(STATE.read_text())
-    pids = [*state["pids"].values(), state.get("aws_pid")]
-    for pid in filter(None, pids):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + 20
-    for pid in filter(None, pids):
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    STATE.unlink()
-    say("stack stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,35 +1,53 @@
-"""Async Predict client for internal callers (stream_svc, benchmarks, tests).
+"""Async Predict client for internal callers (stream_svc, benchmarks, tests); it speaks gRPC so they need not.
 
 One channel, `round_robin` over every address a `dns:///` target resolves to (a headless Service gives one
-per pod), a deadline on each call, and retries with exponential backoff and jitter on UNAVAILABLE,
-DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED. Other errors (INVALID_ARGUMENT) are the caller's to handle.
+per pod), a deadline on each call, and retries with exponential backoff and full jitter on UNAVAILABLE,
+DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED. A call that still fails raises the domain error of
+`sentiment.errors` its status code stands for, the inverse of `sentiment.rpc.STATUS_FOR` (INVALID_ARGUMENT:
+`InvalidInput`, UNAVAILABLE: `ModelNotReady`, RESOURCE_EXHAUSTED: `Overloaded`, DEADLINE_EXCEEDED:
+`DeadlineExpired`, NOT_FOUND: `NotFound`, ...), or `PredictFailed` for a code no domain error stands for;
+the message names the code and the server's details (`UNAVAILABLE: model_svc is down`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
 from protos import predict_pb2, predict_pb2_grpc
+from sentiment.errors import SentimentError
+from sentiment.prediction import Prediction
+from sentiment.retry import full_jitter_s
+from sentiment.rpc import STATUS_FOR
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ERROR_FOR", "PredictClient", "PredictFailed", "Prediction", "RetryPolicy", "domain_error"]
 
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Reversed, so that where several errors share a code the first listed (the general one) stands for it.
+ERROR_FOR: dict[grpc.StatusCode, type[SentimentError]] = {
+    code: error for error, code in reversed(STATUS_FOR.items())
+}
+
+R = TypeVar("R")
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str  # NEGATIVE / NEUTRAL / POSITIVE
-    score: float
-    model_version: str
+class PredictFailed(SentimentError):
+    """model_svc answered a status code no domain error stands for (INTERNAL, UNKNOWN, CANCELLED, ...)."""
+
+
+def domain_error(code: grpc.StatusCode, details: str) -> SentimentError:
+    """The domain error a status code stands for, its message naming the code: `UNAVAILABLE: <details>`."""
+    return ERROR_FOR.get(code, PredictFailed)(f"{code.name}: {details}")
 
 
 @dataclass(frozen=True)
@@ -41,12 +59,14 @@ class RetryPolicy:
 
     def backoff_s(self, attempt: int) -> float:
         """Full-jitter backoff before retry number `attempt` (1-based)."""
-        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
-        return random.uniform(0, cap)
+        return full_jitter_s(attempt, self.initial_backoff_s, self.max_backoff_s, self.multiplier)
 
 
 class PredictClient:
-    """`async with PredictClient("dns:///model-svc:50052") as client: await client.predict_batch(texts)`."""
+    """`async with PredictClient("dns:///model-svc:50052") as client: await client.predict_batch(texts)`.
+
+    `retries` counts the calls retried (the stream folds it into its metrics).
+    """
 
     def __init__(
         self,
@@ -71,7 +91,7 @@ class PredictClient:
         self._stub = predict_pb2_grpc.PredictServiceStub(self._channel)
         self.timeout_s = timeout_s
         self.retry = retry
-        self.retries = 0  # calls retried, for metrics
+        self.retries = 0
 
     async def __aenter__(self) -> PredictClient:
         return self
@@ -87,7 +107,7 @@ class PredictClient:
         return _from_proto(response)
 
     async def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """One prediction per text, same order. Raises grpc.aio.AioRpcError once retries are spent."""
+        """One prediction per text, same order; raises a domain error once retries are spent."""
         response = await self._call(
             self._stub.PredictBatch, predict_pb2.PredictBatchRequest(texts=list(texts))
         )
@@ -97,18 +117,17 @@ class PredictClient:
             )
         return [_from_proto(p) for p in response.predictions]
 
-    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+    async def _call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return await method(request, timeout=self.timeout_s, wait_for_ready=attempt > 1)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.retry.attempts:
-                    raise
+                code, details = exc.code(), exc.details() or ""
+                if code not in RETRYABLE or attempt == self.retry.attempts:
+                    raise domain_error(code, details) from exc
                 self.retries += 1
                 delay = self.retry.backoff_s(attempt)
-                log.warning(
-                    "Predict %s (%s); retry %d in %.2fs", exc.code().name, exc.details(), attempt, delay
-                )
+                log.warning("Predict %s (%s); retry %d in %.2fs", code.name, details, attempt, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

@@ -7,8 +7,7 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -18,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import common_pb2
 from sentiment import errors
+from sentiment.bundle import Manifest, Preprocessing
+from sentiment.timefmt import parse_utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def status_for(exc: BaseException) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_FOR:
-            return STATUS_FOR[cls]  # type: ignore[index]
+            return STATUS_FOR[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -102,7 +103,7 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-class UndecodableRequests(grpc.aio.ServerInterceptor):
+class UndecodableRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
     """A request whose bytes are not a valid message (a string field that is not UTF-8, say) is answered
     INVALID_ARGUMENT with a short message, logged in one line and reported to `on_invalid(rpc_name)`.
 
@@ -150,7 +151,7 @@ class UndecodableRequests(grpc.aio.ServerInterceptor):
                     return await refuse(request, context)
                 return await behavior(request, context)
 
-        return handler._replace(  # type: ignore[attr-defined, no-any-return]
+        return handler._replace(
             request_deserializer=_tolerant(handler.request_deserializer), **{kind: checked}
         )
 
@@ -206,7 +207,7 @@ def bind(server: grpc.aio.Server, address: str, tls_cert: str = "", tls_key: str
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return port
+    return int(port)
 
 
 async def wait_for_signal(
@@ -251,7 +252,7 @@ async def serve_until_signal(start: Callable[[], Awaitable[Stoppable]], grace_s:
     await server.stop(grace_s)
 
 
-def metrics_to_proto(metrics: dict[str, Any]) -> common_pb2.Metrics:
+def metrics_to_proto(metrics: Mapping[str, float]) -> common_pb2.Metrics:
     """Metrics as a manifest or a job records them; keys the proto lacks are ignored."""
     message = common_pb2.Metrics()
     for name, value in metrics.items():
@@ -261,24 +262,26 @@ def metrics_to_proto(metrics: dict[str, Any]) -> common_pb2.Metrics:
     return message
 
 
-def model_info(version: str, manifest: dict[str, Any], current: bool) -> common_pb2.ModelInfo:
-    """ModelInfo of a published bundle, from its manifest (fields a manifest lacks stay unset).
+def model_info(
+    version: str, manifest: Manifest, preprocessing: Preprocessing, current: bool
+) -> common_pb2.ModelInfo:
+    """ModelInfo of a published bundle: its record from the manifest, its thresholds and sequence length
+    from `preprocessing.json` (what serving uses). Fields a manifest lacks stay unset.
 
     The one translation both TrainService.ListModels/PromoteModel and PredictService.GetModel use.
     """
-    thresholds = manifest.get("thresholds") or {}
     info = common_pb2.ModelInfo(
         version=version,
-        metrics=metrics_to_proto(manifest.get("metrics") or {}),
+        metrics=metrics_to_proto(manifest.metrics),
         thresholds=common_pb2.Thresholds(
-            negative_max=thresholds.get("negative_max", 0.0), positive_min=thresholds.get("positive_min", 0.0)
+            negative_max=preprocessing.thresholds.negative_max,
+            positive_min=preprocessing.thresholds.positive_min,
         ),
-        dataset_uri=(manifest.get("dataset") or {}).get("uri", ""),
+        dataset_uri=manifest.dataset_uri,
         current=current,
-        sequence_length=int((manifest.get("params") or {}).get("sequence_length", 0)),
-        vocabulary_size=int(manifest.get("vocabulary_size", 0)),
+        sequence_length=preprocessing.sequence_length,
+        vocabulary_size=manifest.vocabulary_size,
     )
-    created_at = manifest.get("created_at")
-    if isinstance(created_at, str) and created_at:
-        info.created_at.FromDatetime(datetime.fromisoformat(created_at.replace("Z", "+00:00")))
+    if manifest.created_at:
+        info.created_at.FromDatetime(parse_utc_iso(manifest.created_at))
     return info

@@ -11,7 +11,7 @@ import hashlib
 import os
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 import aioboto3
@@ -186,15 +186,53 @@ class S3Store:
 
 
 def _not_found(exc: ClientError, where: str) -> Exception:
-    code = exc.response.get("Error", {}).get("Code", "")
+    code = str(exc.response.get("Error", {}).get("Code", ""))
     if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound"):
         return NotFound(f"{where} does not exist ({code})")
-    return exc
+    other: Exception = exc  # botocore ships no types
+    return other
 
 
 def _check_size(size: int, max_bytes: int | None, what: str) -> None:
     if max_bytes is not None and size > max_bytes:
         raise TooLarge(f"{what} holds more than the limit of {max_bytes:,} bytes")
+
+
+class _HashingFile:
+    """`dest` opened for writing: each chunk is counted against `max_bytes` and hashed as it is written.
+
+    Past the limit (announced or written) TooLarge is raised and the partial file is removed."""
+
+    def __init__(self, dest: Path, max_bytes: int | None, what: str) -> None:
+        self._dest, self._max_bytes, self._what = dest, max_bytes, what
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._out: BinaryIO | None = None
+
+    def __enter__(self) -> _HashingFile:
+        self._out = open(self._dest, "wb")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        assert self._out is not None
+        self._out.close()
+        if kind is not None and issubclass(kind, TooLarge):
+            self._dest.unlink(missing_ok=True)
+
+    def announce(self, size: int) -> None:
+        """The size the source says it has (0: unknown): refused at once when over the limit."""
+        _check_size(size, self._max_bytes, self._what)
+
+    def write(self, chunk: bytes) -> None:
+        assert self._out is not None
+        self._size += len(chunk)
+        _check_size(self._size, self._max_bytes, self._what)
+        self._digest.update(chunk)
+        self._out.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
 
 async def download_s3_object(
@@ -209,24 +247,14 @@ async def download_s3_object(
         response = await client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         raise _not_found(exc, f"s3://{bucket}/{key}") from exc
-    where = f"s3://{bucket}/{key}"
-    digest = hashlib.sha256()
     body = response["Body"]
-    size = 0
-    try:
-        with open(dest, "wb") as out:
-            # `async with body as x` would give the raw aiohttp response, whose read() takes no size.
-            async with body:
-                _check_size(int(response.get("ContentLength") or 0), max_bytes, where)
-                while chunk := await body.read(_CHUNK):
-                    size += len(chunk)
-                    _check_size(size, max_bytes, where)
-                    digest.update(chunk)
-                    out.write(chunk)
-    except TooLarge:
-        dest.unlink(missing_ok=True)
-        raise
-    return digest.hexdigest()
+    with _HashingFile(dest, max_bytes, f"s3://{bucket}/{key}") as out:
+        # `async with body as x` would give the raw aiohttp response, whose read() takes no size.
+        async with body:
+            out.announce(int(response.get("ContentLength") or 0))
+            while chunk := await body.read(_CHUNK):
+                out.write(chunk)
+    return out.sha256
 
 
 async def copy_local_file(source: Path, dest: Path, max_bytes: int | None = None, what: str = "") -> str:
@@ -238,20 +266,11 @@ async def copy_local_file(source: Path, dest: Path, max_bytes: int | None = None
     def copy() -> str:
         if not source.is_file():
             raise NotFound(f"{what or source} does not exist")
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(source, "rb") as src, open(dest, "wb") as out:
-                _check_size(os.fstat(src.fileno()).st_size, max_bytes, what or str(source))
-                while chunk := src.read(_CHUNK):
-                    size += len(chunk)
-                    _check_size(size, max_bytes, what or str(source))
-                    digest.update(chunk)
-                    out.write(chunk)
-        except TooLarge:
-            dest.unlink(missing_ok=True)
-            raise
-        return digest.hexdigest()
+        with open(source, "rb") as src, _HashingFile(dest, max_bytes, what or str(source)) as out:
+            out.announce(os.fstat(src.fileno()).st_size)
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+        return out.sha256
 
     return await asyncio.to_thread(copy)
 

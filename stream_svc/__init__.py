@@ -1,1 +1,11 @@
-"""stream_svc: tweets from the X API v2 filtered stream or a replay file -> clean -> PredictBatch -> DynamoDB."""
+"""stream_svc: tweets from the X API v2 filtered stream or a replay file -> clean -> PredictBatch -> DynamoDB.
+
+Where things are: `app` wires the `run` command (one AsyncExitStack, SIGTERM drain, exit codes);
+`pipeline` moves tweets through bounded queues (`batching.take_batch` forms every batch, `drain` bounds a
+stop, `counters` is the tally); `sources` is the `Source` protocol, `replay` and `x_stream` the sources;
+`tweets` the records read and their cleaning, `items` the table's item schema; `classify` the
+`SentimentClient` protocol that `sentiment.predict_client.PredictClient` implements (gRPC stays there);
+`sink` writes to DynamoDB, and is where DynamoDB throttling, `UnprocessedItems` and refused credentials
+are retried; `dynamodb` the table's client config, typed JSON, error codes and admin calls; `deadletter`
+the file of what could not be written; `metrics` the `StreamMetrics` registry; `report` the analysis.
+"""

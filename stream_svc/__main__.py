@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sentiment.errors import ConfigError
 from sentiment.logs import setup_logging
-from stream_svc import app, report, sink
+from stream_svc import app, dynamodb, report
 from stream_svc.config import StreamConfig
 
 
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         if command == "create-table":
-            created = asyncio.run(sink.create_table(config.dynamodb_table))
+            created = asyncio.run(dynamodb.create_table(config.dynamodb_table))
             print(f"table {config.dynamodb_table} {'created' if created else 'already exists'}")
             return 0
         if command == "report":
-            items = asyncio.run(sink.scan_items(config.dynamodb_table))
+            items = asyncio.run(dynamodb.scan_items(config.dynamodb_table))
             summary = report.summarize(items, recent=args.recent)
             print(report.render(summary))
             if args.plot:

@@ -1,5 +1,8 @@
 """Wiring of the `run` command: metrics, Predict client, DynamoDB sink, source, pipeline, SIGTERM drain.
 
+Every resource is entered on one `AsyncExitStack`, so a start that fails part-way and a normal stop
+unwind the same way; SIGTERM/SIGINT come through `sentiment.rpc.wait_for_signal`, as for the servers.
+
 Exit codes: 0 the source ended or a stop was asked for, and every tweet is accounted for (a drain cut
 short at GRACE_S dead-letters what was unfinished); 1 the counters do not balance, or the X stream ended
 by itself; 2 a configuration error (`__main__`); 3 DynamoDB refused the credentials, their permissions or
@@ -10,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing, closing
 from pathlib import Path
 
 from sentiment.errors import ConfigError
+from sentiment.metrics import MetricsEndpoint
 from sentiment.predict_client import PredictClient
+from sentiment.rpc import wait_for_signal
 from stream_svc.config import StreamConfig
+from stream_svc.counters import Counters
 from stream_svc.deadletter import DeadLetterFile
-from stream_svc.metrics import start_metrics_server
-from stream_svc.pipeline import Counters, Pipeline
-from stream_svc.sink import DynamoSink, TableAccessError, WriteRetry, table_exists
-from stream_svc.sources import ReplaySource, Source, XStreamSource
+from stream_svc.dynamodb import TableAccessError, table_exists
+from stream_svc.metrics import StreamMetrics
+from stream_svc.pipeline import Pipeline
+from stream_svc.replay import ReplaySource
+from stream_svc.sink import DynamoSink, WriteRetry
+from stream_svc.sources import Source
+from stream_svc.x_stream import XStreamSource
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ EXIT_TABLE_REFUSED = 3
 EXIT_X_REFUSED = 4
 
 
-def build_source(config: StreamConfig) -> Source:
+def build_source(config: StreamConfig, metrics: StreamMetrics) -> Source:
     if config.source == "replay":
         path = Path(config.replay_path)
         if not path.is_file():
@@ -42,6 +50,7 @@ def build_source(config: StreamConfig) -> Source:
         base_url=config.x_api_base_url,
         auth_max_tries=config.x_auth_max_tries,
         auth_retry_wait_s=config.x_auth_retry_wait_s,
+        metrics=metrics,
     )
 
 
@@ -60,30 +69,10 @@ async def run(config: StreamConfig) -> int:
         raise ConfigError(
             f"DYNAMODB_TABLE={config.dynamodb_table!r} does not exist; create it with `python -m stream_svc create-table`"
         )
-    start_metrics_server(config.metrics_port)
-    root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
-    source = build_source(config)
-    dead_letter = DeadLetterFile(config.dead_letter_path)
+    metrics = StreamMetrics()
+    source = build_source(config, metrics)
     async with AsyncExitStack() as stack:
-        predictor = await stack.enter_async_context(
-            PredictClient(
-                config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
-            )
-        )
-        retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)
-        sink = await DynamoSink.open(config.dynamodb_table, concurrency=config.write_concurrency, retry=retry)
-        stack.push_async_callback(sink.aclose)
-        stack.callback(dead_letter.close)
-        pipeline = Pipeline(
-            source,
-            predictor,
-            sink,
-            dead_letter,
-            batch_size=config.batch_size,
-            batch_max_wait_s=config.batch_max_wait_s,
-            predict_concurrency=config.predict_concurrency,
-            write_concurrency=config.write_concurrency,
-        )
+        pipeline = await _open_pipeline(config, source, metrics, stack)
         refused: TableAccessError | None = None
         try:
             counters = await _run_until_signal(pipeline, config.grace_s)
@@ -91,6 +80,36 @@ async def run(config: StreamConfig) -> int:
             counters, refused = pipeline.counters, exc
     log.info("stream_svc finished: %s", counters.summary(), extra={"count": counters.received})
     return _exit_code(counters, source, refused)
+
+
+async def _open_pipeline(
+    config: StreamConfig, source: Source, metrics: StreamMetrics, stack: AsyncExitStack
+) -> Pipeline:
+    """The pipeline, its metrics endpoint, Predict client, sink and dead-letter file entered on `stack`."""
+    stack.enter_context(closing(MetricsEndpoint(metrics.registry, config.metrics_port).start()))
+    root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
+    client = await stack.enter_async_context(
+        PredictClient(
+            config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
+        )
+    )
+    retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)
+    sink = await DynamoSink.open(
+        config.dynamodb_table, concurrency=config.write_concurrency, retry=retry, metrics=metrics
+    )
+    await stack.enter_async_context(aclosing(sink))
+    dead_letter = stack.enter_context(closing(DeadLetterFile(config.dead_letter_path)))
+    return Pipeline(
+        source,
+        client,
+        sink,
+        dead_letter,
+        batch_size=config.batch_size,
+        batch_max_wait_s=config.batch_max_wait_s,
+        predict_concurrency=config.predict_concurrency,
+        write_concurrency=config.write_concurrency,
+        metrics=metrics,
+    )
 
 
 def _exit_code(counters: Counters, source: Source, refused: TableAccessError | None) -> int:
@@ -114,22 +133,23 @@ def _exit_code(counters: Counters, source: Source, refused: TableAccessError | N
 
 
 async def _run_until_signal(pipeline: Pipeline, grace_s: float) -> Counters:
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
+    """Run the pipeline to its end; the first SIGTERM or SIGINT stops it, giving the drain `grace_s`.
 
-    def on_signal(sig: signal.Signals) -> None:
-        if not stopping:
-            log.info("%s received: stopping the source and draining (for %gs at most)", sig.name, grace_s)
-            stopping.append(loop.create_task(pipeline.stop(grace_s)))
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig)
+    A later signal is taken and ignored: the drain is bounded already, and cutting it short loses tweets.
+    """
+    signalled = asyncio.create_task(wait_for_signal())
+    running = asyncio.create_task(pipeline.run())
+    ignored: asyncio.Task[object] | None = None
     try:
-        counters = await pipeline.run()
-        if stopping:
-            await stopping[0]
-        return counters
+        await asyncio.wait([signalled, running], return_when=asyncio.FIRST_COMPLETED)
+        if signalled.done():
+            ignored = asyncio.create_task(wait_for_signal())
+            sig = signalled.result()
+            log.info("%s received: stopping the source and draining (for %gs at most)", sig.name, grace_s)
+            await pipeline.stop(grace_s)
+        return await running
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        # Cancelling a wait_for_signal task removes its handlers; `running` is done unless this raised.
+        for task in (signalled, ignored, running):
+            if task is not None:
+                task.cancel()

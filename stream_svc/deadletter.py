@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from sentiment.timefmt import utc_iso
+
 
 class DeadLetterFile:
-    """Appends `{"id", "stage", "reason", "at", "record"}` lines, flushed after each call to `add`."""
+    """Appends `{"id", "stage", "reason", "at", "record"}` lines, flushed after each call to `add`.
+
+    The file is opened on the first `add`; `close()` closes it (safe twice, and when never opened).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -22,7 +26,7 @@ class DeadLetterFile:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("a", encoding="utf-8")
-        at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        at = utc_iso()
         for record, reason in entries:
             line = {"id": record.get("id"), "stage": stage, "reason": reason, "at": at, "record": record}
             self._handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")

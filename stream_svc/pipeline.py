@@ -14,60 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import grpc
-
-from sentiment.errors import InvalidInput
-from sentiment.predict_client import Prediction
-from stream_svc import metrics
+from stream_svc.batching import END, EndOfStream, take_batch
+from stream_svc.classify import SentimentClient, classify
+from stream_svc.counters import Counters
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.drain import Abandon, Unfinished, drain_or_abandon
-from stream_svc.sink import BATCH_WRITE_MAX_ITEMS, Item, Sink, TableAccessError
+from stream_svc.dynamodb import TableAccessError
+from stream_svc.items import make_item, tweet_record, utc_timestamp
+from stream_svc.metrics import StreamMetrics
+from stream_svc.sink import BATCH_WRITE_MAX_ITEMS, Sink, WriteFailure
 from stream_svc.sources import Source
 from stream_svc.tweets import Malformed, SourceEvent, Tweet, clean_text
 
 log = logging.getLogger(__name__)
 
-
-class Predictor(Protocol):
-    async def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """One prediction per text, same order; raises once its own retries are spent.
-
-        An invalid input is signalled by grpc INVALID_ARGUMENT (or `InvalidInput`).
-        """
-        ...
-
-
-@dataclass
-class Counters:
-    received: int = 0
-    predicted: int = 0
-    written: int = 0
-    dead_lettered: int = 0
-    skipped_empty: int = 0
-    malformed: dict[str, int] = field(default_factory=dict)
-    predict_retries: int = 0
-    write_retries: int = 0
-    write_requests: int = 0
-    abandoned: int = 0  # dead-lettered unfinished when the drain was abandoned (part of dead_lettered)
-
-    def balanced(self) -> bool:
-        """Every received tweet is accounted for."""
-        return self.received == self.written + self.dead_lettered + self.skipped_empty
-
-    def summary(self) -> str:
-        malformed = sum(self.malformed.values())
-        return (
-            f"received={self.received} written={self.written} dead_lettered={self.dead_lettered} "
-            f"skipped_empty={self.skipped_empty} malformed={malformed} predicted={self.predicted} "
-            f"predict_retries={self.predict_retries} write_retries={self.write_retries} "
-            f"write_requests={self.write_requests} abandoned={self.abandoned} balanced={self.balanced()}"
-        )
+DeadLetters = list[tuple[dict[str, Any], str]]  # (record, reason), as `DeadLetterFile.add` takes them
 
 
 @dataclass
@@ -85,46 +49,6 @@ class _Analyzed:
     seq: int
 
 
-_END: Any = object()  # end of a queue's stream, one per consumer
-
-
-def utc_timestamp() -> str:
-    """Now, as the table's `analyzed_at` holds it: ISO 8601 UTC with a Z."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def make_item(tweet: Tweet, clean: str, prediction: Prediction, analyzed_at: str) -> dict[str, Any]:
-    """The table item, with the original design's names; `score` a Decimal (a DynamoDB Number)."""
-    return {
-        "id": tweet.id,
-        "user": tweet.user,
-        "sentiment": prediction.label,
-        "score": Decimal(f"{prediction.score:.6f}"),
-        "twitter_raw": tweet.text,
-        "twitter_clean": clean,
-        "data": tweet.date,
-        "model_version": prediction.model_version,
-        "analyzed_at": analyzed_at,
-    }
-
-
-def _tweet_record(pending: _Pending) -> dict[str, Any]:
-    tweet = pending.tweet
-    return {
-        "id": tweet.id,
-        "user": tweet.user,
-        "twitter_raw": tweet.text,
-        "twitter_clean": pending.clean,
-        "data": tweet.date,
-    }
-
-
-def _is_invalid_input(exc: BaseException) -> bool:
-    if isinstance(exc, InvalidInput):
-        return True
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
 class Pipeline:
     """Runs one source to its end (or to `stop()`), then drains; `run()` returns the counters.
 
@@ -133,13 +57,14 @@ class Pipeline:
 
     `batch_size` / `batch_max_wait_s`: a batch is sent when full or when its first tweet has waited that
     long. `predict_concurrency` PredictBatch calls and `write_concurrency` writers run at once.
-    `latency_samples`, when given, collects each written tweet's end-to-end seconds (benchmarks).
+    `metrics` receives the counts (a registry of its own when not given). `latency_samples`, when given,
+    collects each written tweet's end-to-end seconds (benchmarks).
     """
 
     def __init__(
         self,
         source: Source,
-        predictor: Predictor,
+        client: SentimentClient,
         sink: Sink,
         dead_letter: DeadLetterFile,
         *,
@@ -147,10 +72,11 @@ class Pipeline:
         batch_max_wait_s: float = 0.05,
         predict_concurrency: int = 4,
         write_concurrency: int = 8,
+        metrics: StreamMetrics | None = None,
         latency_samples: list[float] | None = None,
     ) -> None:
         self.source = source
-        self.predictor = predictor
+        self.client = client
         self.sink = sink
         self.dead_letter = dead_letter
         self.batch_size = batch_size
@@ -158,15 +84,23 @@ class Pipeline:
         self.predict_concurrency = predict_concurrency
         self.write_concurrency = write_concurrency
         self.counters = Counters()
+        self.metrics = metrics or StreamMetrics()
         self.latency_samples = latency_samples
         # Sized to keep every worker busy and no more: what waits in a queue only adds latency.
-        self._tweets: asyncio.Queue[Any] = asyncio.Queue(maxsize=batch_size)
-        self._batches: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, predict_concurrency // 2))
-        self._items: asyncio.Queue[Any] = asyncio.Queue(maxsize=write_concurrency * BATCH_WRITE_MAX_ITEMS)
-        for name, queue in (("tweets", self._tweets), ("batches", self._batches), ("items", self._items)):
-            metrics.QUEUE_DEPTH.labels(queue=name).set_function(queue.qsize)
-        self._seen_predict_retries = 0
-        self._seen_write_retries = 0
+        self._tweets: asyncio.Queue[_Pending | EndOfStream] = asyncio.Queue(maxsize=batch_size)
+        self._batches: asyncio.Queue[list[_Pending] | EndOfStream] = asyncio.Queue(
+            maxsize=max(1, predict_concurrency // 2)
+        )
+        self._items: asyncio.Queue[_Analyzed | EndOfStream] = asyncio.Queue(
+            maxsize=write_concurrency * BATCH_WRITE_MAX_ITEMS
+        )
+        queues: dict[str, asyncio.Queue[Any]] = {
+            "tweets": self._tweets,
+            "batches": self._batches,
+            "items": self._items,
+        }
+        for name, queue in queues.items():
+            self.metrics.queue_depth.labels(queue=name).set_function(queue.qsize)
         self._unfinished: Unfinished[_Pending | _Analyzed] = Unfinished()
         self._abandon = Abandon()
 
@@ -212,7 +146,7 @@ class Pipeline:
         await batcher
         await asyncio.gather(*predictors)
         for _ in writers:
-            await self._items.put(_END)
+            await self._items.put(END)
         await asyncio.gather(*writers)
 
     def _dead_letter_unfinished(self) -> None:
@@ -222,10 +156,11 @@ class Pipeline:
             self._accept(event)
         left = self._unfinished.take()
         reason = self._abandon.reason
-        self._dead_letter("predict", [(_tweet_record(e), reason) for e in left if isinstance(e, _Pending)])
+        predict = [(tweet_record(e.tweet, e.clean), reason) for e in left if isinstance(e, _Pending)]
+        self._dead_letter("predict", predict)
         self._dead_letter("write", [(dict(e.item), reason) for e in left if isinstance(e, _Analyzed)])
         self.counters.abandoned += len(left)
-        metrics.ABANDONED.labels(reason=self._abandon.label).inc(len(left))
+        self.metrics.abandoned.labels(reason=self._abandon.label).inc(len(left))
         log.warning("drain abandoned (%s): %d unfinished tweets dead-lettered", reason, len(left))
 
     async def _read(self) -> None:
@@ -235,7 +170,7 @@ class Pipeline:
                     await self._tweets.put(pending)
         finally:
             if not self._abandon.fired:  # else the batcher is cancelled: a full queue would never take it
-                await self._tweets.put(_END)
+                await self._tweets.put(END)
 
     def _accept(self, event: SourceEvent) -> _Pending | None:
         """Count one source event; a tweet to predict comes back registered as unfinished, a malformed
@@ -244,12 +179,12 @@ class Pipeline:
             self._malformed(event)
             return None
         self.counters.received += 1
-        metrics.RECEIVED.inc()
+        self.metrics.received.inc()
         received_at = time.monotonic()
         clean = clean_text(event.text)
         if not clean:
             self.counters.skipped_empty += 1
-            metrics.SKIPPED.labels(reason="empty_after_cleaning").inc()
+            self.metrics.skipped.labels(reason="empty_after_cleaning").inc()
             log.debug("tweet %s is empty after cleaning; skipped", event.id, extra={"tweet_id": event.id})
             return None
         pending = _Pending(event, clean, received_at)
@@ -259,44 +194,28 @@ class Pipeline:
     def _malformed(self, event: Malformed) -> None:
         seen = self.counters.malformed.get(event.kind, 0)
         self.counters.malformed[event.kind] = seen + 1
-        metrics.MALFORMED.labels(kind=event.kind).inc()
+        self.metrics.malformed.labels(kind=event.kind).inc()
         if seen == 0:  # once per kind: a flood of bad messages must not flood the log
             log.warning("malformed stream message (%s), skipped: %s", event.kind, event.detail)
 
     async def _batch(self) -> None:
         ended = False
         while not ended:
-            first = await self._tweets.get()
-            if first is _END:
-                break
-            batch = [first]
-            deadline = asyncio.get_running_loop().time() + self.batch_max_wait_s
-            while len(batch) < self.batch_size:
-                try:
-                    entry = self._tweets.get_nowait()
-                except asyncio.QueueEmpty:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            entry = await self._tweets.get()
-                    except TimeoutError:
-                        break
-                if entry is _END:
-                    ended = True
-                    break
-                batch.append(entry)
-            await self._batches.put(batch)
+            batch, ended = await take_batch(self._tweets, self.batch_size, self.batch_max_wait_s)
+            if batch:
+                await self._batches.put(batch)
         for _ in range(self.predict_concurrency):
-            await self._batches.put(_END)
+            await self._batches.put(END)
 
     async def _predict_worker(self) -> None:
-        while (batch := await self._batches.get()) is not _END:
-            outcomes = await self._predict(batch)
+        while not isinstance(batch := await self._batches.get(), EndOfStream):
+            outcomes = await classify(self.client, [p.clean for p in batch])
             analyzed_at = utc_timestamp()
-            failed: list[tuple[dict[str, Any], str]] = []
+            failed: DeadLetters = []
             ready: list[_Analyzed] = []
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, str):
-                    failed.append((_tweet_record(pending), outcome))
+                    failed.append((tweet_record(pending.tweet, pending.clean), outcome))
                     self._unfinished.discard(pending.seq)
                 else:
                     item = make_item(pending.tweet, pending.clean, outcome, analyzed_at)
@@ -305,98 +224,68 @@ class Pipeline:
                     ready.append(analyzed)
             self._dead_letter("predict", failed)
             self.counters.predicted += len(ready)
-            metrics.PREDICTED.inc(len(ready))
+            self.metrics.predicted.inc(len(ready))
             self._sync_retries()
             for analyzed in ready:
                 await self._items.put(analyzed)
 
-    async def _predict(self, batch: list[_Pending]) -> list[Prediction | str]:
-        """Predictions, or the reason there is none; an invalid input is isolated by halving the batch."""
-        try:
-            predictions = list(await self.predictor.predict_batch([p.clean for p in batch]))
-            if len(predictions) != len(batch):
-                raise RuntimeError(f"{len(predictions)} predictions for {len(batch)} texts")
-            return list(predictions)
-        except Exception as exc:
-            if _is_invalid_input(exc) and len(batch) > 1:
-                half = len(batch) // 2
-                return await self._predict(batch[:half]) + await self._predict(batch[half:])
-            if isinstance(exc, grpc.aio.AioRpcError):
-                reason = f"predict failed: {exc.code().name}: {exc.details()}"
-            else:
-                reason = f"predict failed: {type(exc).__name__}: {exc}"
-            log.error("%s (%d tweets to the dead-letter file)", reason, len(batch))
-            return [reason] * len(batch)
-
     async def _write_worker(self) -> None:
         ended = False
         while not ended:
-            entry = await self._items.get()
-            if entry is _END:
-                return
-            chunk: list[_Analyzed] = [entry]
-            while len(chunk) < BATCH_WRITE_MAX_ITEMS:
-                try:
-                    entry = self._items.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if entry is _END:
-                    ended = True
-                    break
-                chunk.append(entry)
-            await self._write(chunk)
+            # No wait for a fuller chunk: the writers are many, and an item waits for a free one anyway.
+            chunk, ended = await take_batch(self._items, BATCH_WRITE_MAX_ITEMS, max_wait_s=0.0)
+            if chunk:
+                await self._write(chunk)
 
     async def _write(self, chunk: list[_Analyzed]) -> None:
         if self._abandon.fired:  # nothing more is sent; the chunk stays unfinished, to be dead-lettered
             return
-        items: list[Item] = [entry.item for entry in chunk]
         try:
-            failures = await self.sink.write(items)
+            failures = await self.sink.write([entry.item for entry in chunk])
         except TableAccessError as exc:  # every other write would be refused too: stop everything
             self._abandon.now("table_refused", f"write failed: {exc}", exc)
             return
         except Exception as exc:  # the sink's own retries are spent or it broke: keep the tweets
             log.exception("sink write failed")
-            failures_by_id = {
-                str(entry.item["id"]): f"write failed: {type(exc).__name__}: {exc}" for entry in chunk
-            }
-        else:
-            failures_by_id = {str(f.item["id"]): f"write failed: {f.reason}" for f in failures}
+            failures = [WriteFailure(entry.item, f"{type(exc).__name__}: {exc}") for entry in chunk]
+        self._settle(chunk, failures)
+
+    def _settle(self, chunk: list[_Analyzed], failures: list[WriteFailure]) -> None:
+        """Count the chunk's written items and dead-letter its failures; none of it is unfinished now."""
+        failures_by_id = {str(f.item["id"]): f"write failed: {f.reason}" for f in failures}
         now = time.monotonic()
         written = 0
-        failed: list[tuple[dict[str, Any], str]] = []
+        failed: DeadLetters = []
         for entry in chunk:
             self._unfinished.discard(entry.seq)
             reason = failures_by_id.get(str(entry.item["id"]))
             if reason is None:
                 written += 1
-                metrics.LATENCY.observe(now - entry.received_at)
+                self.metrics.latency.observe(now - entry.received_at)
                 if self.latency_samples is not None:
                     self.latency_samples.append(now - entry.received_at)
             else:
                 failed.append((dict(entry.item), reason))
         self.counters.written += written
-        metrics.WRITTEN.inc(written)
+        self.metrics.written.inc(written)
         self._dead_letter("write", failed)
         self._sync_retries()
 
-    def _dead_letter(self, stage: str, failed: list[tuple[dict[str, Any], str]]) -> None:
+    def _dead_letter(self, stage: str, failed: DeadLetters) -> None:
         if not failed:
             return
         self.dead_letter.add(stage, failed)
         self.counters.dead_lettered += len(failed)
-        metrics.DEAD_LETTERED.labels(stage=stage).inc(len(failed))
+        self.metrics.dead_lettered.labels(stage=stage).inc(len(failed))
 
     def _sync_retries(self) -> None:
-        """Fold the clients' own retry counts into the counters and metrics."""
-        predict_retries = int(getattr(self.predictor, "retries", 0))
-        write_retries = int(getattr(self.sink, "retries", 0))
-        if predict_retries > self._seen_predict_retries:
-            metrics.PREDICT_RETRIES.inc(predict_retries - self._seen_predict_retries)
-            self._seen_predict_retries = predict_retries
-        if write_retries > self._seen_write_retries:
-            metrics.DYNAMODB_RETRIES.inc(write_retries - self._seen_write_retries)
-            self._seen_write_retries = write_retries
-        self.counters.predict_retries = predict_retries
-        self.counters.write_retries = write_retries
-        self.counters.write_requests = int(getattr(self.sink, "requests", 0))
+        """Fold the client's and the sink's own retry counts (which only grow) into the counters and metrics."""
+        counters = self.counters
+        predict_retries, write_retries = self.client.retries, self.sink.retries
+        if predict_retries > counters.predict_retries:
+            self.metrics.predict_retries.inc(predict_retries - counters.predict_retries)
+        if write_retries > counters.write_retries:
+            self.metrics.dynamodb_retries.inc(write_retries - counters.write_retries)
+        counters.predict_retries = predict_retries
+        counters.write_retries = write_retries
+        counters.write_requests = self.sink.requests

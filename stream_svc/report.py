@@ -42,7 +42,7 @@ def _hour(moment: datetime) -> str:
 
 
 def summarize(items: Sequence[Mapping[str, Any]], recent: int = 5) -> Summary:
-    """Figures over the table's items (as `sink.scan_items` returns them)."""
+    """Figures over the table's items (as `dynamodb.scan_items` returns them)."""
     by_sentiment = Counter(str(item.get("sentiment", "")) for item in items)
     scores: dict[str, list[float]] = {}
     for item in items:
@@ -113,7 +113,7 @@ def plot(items: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
         hours.setdefault(hour, Counter())[str(item.get("sentiment", ""))] += 1
         score_sum[hour] = score_sum.get(hour, 0.0) + float(item.get("score", 0))
     hours_sorted = sorted(hours)
-    xs = mdates.date2num(hours_sorted)
+    xs = mdates.date2num(hours_sorted)  # type: ignore[no-untyped-call]  # matplotlib leaves it untyped
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colours = {"POSITIVE": "tab:green", "NEUTRAL": "tab:gray", "NEGATIVE": "tab:red"}
     bottom = [0] * len(hours_sorted)

@@ -1,9 +1,11 @@
-"""Where analysed tweets go: the `Sink` protocol and the DynamoDB sink (BatchWriteItem, retried, idempotent).
+"""Where analysed tweets go: the `Sink` protocol and `DynamoSink`, which writes them with BatchWriteItem.
 
-Retries are ours, not botocore's (its own retries are off), so they have one policy and are counted:
-`UnprocessedItems`, throttling and transient server or connection errors are retried with exponential
-backoff and full jitter. aioboto3's `batch_writer` is not used because it re-sends unprocessed items at
-once, with no backoff. Items are keyed by tweet `id`, so a re-sent item overwrites itself.
+DynamoDB throttling is retried here, in `DynamoSink._write_chunk`, and nowhere else: botocore's own
+retries are off (`stream_svc.dynamodb.client_config`), so there is one policy and every re-send is
+counted. `UnprocessedItems`, throttling and transient server or connection errors are retried with
+exponential backoff and full jitter (`WriteRetry`, through `sentiment.retry.full_jitter_s`). aioboto3's
+`batch_writer` is not used because it re-sends unprocessed items at once, with no backoff. Items are keyed
+by tweet `id`, so a re-sent item overwrites itself.
 
 A request refused for its credentials, their permissions or a missing table says nothing about its items:
 it is re-sent whole (never split), logged at ERROR, counted, and after `WriteRetry.auth_attempts` tries
@@ -14,77 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
 
 import aioboto3
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from stream_svc import metrics
+from sentiment.retry import full_jitter_s
+from stream_svc.dynamodb import (
+    THROTTLING_CODES,
+    TRANSIENT_CODES,
+    TableAccessError,
+    client_config,
+    error_code,
+    from_dynamodb,
+    is_access_error,
+    to_dynamodb,
+)
+from stream_svc.items import Item
+from stream_svc.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
-Item = Mapping[str, Any]  # attribute name -> str | Decimal (numbers are Decimal, as DynamoDB wants)
 BATCH_WRITE_MAX_ITEMS = 25
-THROTTLING_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
-TRANSIENT_CODES = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
-# The request, not its items: the credentials, what they may do, or the table itself.
-ACCESS_CODES = frozenset(
-    {
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "AccessDeniedException",
-        "AccessDenied",
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "MissingAuthenticationToken",
-        "IncompleteSignature",
-        "ResourceNotFoundException",
-    }
-)
-_XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
-
-
-class TableAccessError(Exception):
-    """The table refused every try for a reason no item can fix: credentials rejected or expired,
-    permission denied, or the table missing. `code` is DynamoDB's error code."""
-
-    def __init__(self, table: str, code: str, message: str, attempts: int) -> None:
-        super().__init__(f"DynamoDB refused table {table!r} {attempts} times: {code}: {message}")
-        self.table = table
-        self.code = code
-        self.attempts = attempts
-
-
-def error_code(exc: ClientError) -> tuple[str, str]:
-    """(code, message) of a ClientError.
-
-    An endpoint that answers DynamoDB's JSON protocol with an XML ErrorResponse (moto's IAM check does)
-    leaves botocore with the HTTP status as the code and the XML as the message: its fields are read.
-    """
-    error = exc.response.get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-    if code.isdigit() and "<ErrorResponse>" in message:
-        fields = dict(_XML_FIELD.findall(message))
-        return fields.get("Code", code), fields.get("Message", message)
-    return code, message
-
-
-def is_access_error(exc: ClientError, code: str) -> bool:
-    """Refused for the credentials, permissions or table (a 401/403 is, whatever its code)."""
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ACCESS_CODES or status in (401, 403)
 
 
 @dataclass(frozen=True)
@@ -94,8 +50,23 @@ class WriteFailure:
 
 
 class Sink(Protocol):
+    """Where the pipeline's items go; `retries` and `requests` only grow (the pipeline reports them)."""
+
+    @property
+    def retries(self) -> int:
+        """Requests re-sent so far."""
+        ...
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far, re-sends included."""
+        ...
+
     async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
-        """Write `items` (retrying as the sink sees fit); return those that could not be written, with why."""
+        """Write `items` (retrying as the sink sees fit); return those that could not be written, with why.
+
+        Raises `TableAccessError` when the table refuses the request itself: no other write would land.
+        """
         ...
 
     async def aclose(self) -> None: ...
@@ -116,43 +87,7 @@ class WriteRetry:
     def backoff_s(self, attempt: int, initial_s: float | None = None) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]; base is `initial_backoff_s` unless given."""
         base = self.initial_backoff_s if initial_s is None else initial_s
-        return random.uniform(0, min(self.max_backoff_s, base * 2 ** (attempt - 1)))
-
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def to_dynamodb(item: Item) -> dict[str, Any]:
-    """DynamoDB's typed JSON; strings and Decimals (the item schema) take a fast path."""
-    out: dict[str, Any] = {}
-    for key, value in item.items():
-        if type(value) is str:
-            out[key] = {"S": value}
-        elif type(value) is Decimal:
-            out[key] = {"N": str(value)}
-        else:
-            out[key] = _serializer.serialize(value)
-    return out
-
-
-def from_dynamodb(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _deserializer.deserialize(value) for key, value in raw.items()}
-
-
-def client_config(max_pool_connections: int = 10) -> Config:
-    """botocore retries off (ours are counted and jittered), a connection pool sized for the concurrency.
-
-    Parameter validation is off: the sink builds every request itself, and validating 25 items costs
-    about as much CPU as serialising them.
-    """
-    return Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        parameter_validation=False,
-        max_pool_connections=max_pool_connections,
-        connect_timeout=5,
-        read_timeout=30,
-    )
+        return full_jitter_s(attempt, base, self.max_backoff_s)
 
 
 class DynamoSink:
@@ -161,15 +96,22 @@ class DynamoSink:
     Duplicate ids inside one `write` are collapsed (last wins): BatchWriteItem rejects a request naming a
     key twice, and the table keeps one item per id anyway. A request rejected as invalid is split into
     single items, so one bad item does not fail its 24 neighbours. `write` raises `TableAccessError` when
-    the table keeps refusing the credentials; `requests` counts every BatchWriteItem sent.
+    the table keeps refusing the credentials; `requests` counts every BatchWriteItem sent. Refusals are
+    counted in `metrics`.
     """
 
     def __init__(
-        self, client: Any, table: str, concurrency: int = 8, retry: WriteRetry = WriteRetry()
+        self,
+        client: Any,
+        table: str,
+        concurrency: int = 8,
+        retry: WriteRetry = WriteRetry(),
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self._client = client
         self.table = table
         self.retry = retry
+        self.metrics = metrics or StreamMetrics()
         self.retries = 0
         self.requests = 0
         self._slots = asyncio.Semaphore(concurrency)
@@ -182,6 +124,7 @@ class DynamoSink:
         concurrency: int = 8,
         retry: WriteRetry = WriteRetry(),
         endpoint_url: str | None = None,
+        metrics: StreamMetrics | None = None,
     ) -> DynamoSink:
         """A sink with its own long-lived client (entered once; `aclose()` exits it)."""
         stack = AsyncExitStack()
@@ -190,7 +133,7 @@ class DynamoSink:
                 "dynamodb", endpoint_url=endpoint_url, config=client_config(max(10, concurrency * 2))
             )
         )
-        sink = cls(client, table, concurrency, retry)
+        sink = cls(client, table, concurrency, retry, metrics)
         sink._stack = stack
         return sink
 
@@ -234,7 +177,7 @@ class DynamoSink:
             unprocessed = response.get("UnprocessedItems", {}).get(self.table, [])
             if not unprocessed:
                 return []
-            left = {str(_deserializer.deserialize(u["PutRequest"]["Item"]["id"])) for u in unprocessed}
+            left = {str(from_dynamodb(u["PutRequest"]["Item"])["id"]) for u in unprocessed}
             pending = {key: item for key, item in pending.items() if key in left}
             reason = f"still unprocessed after {attempt} attempts"
         return [
@@ -259,7 +202,7 @@ class DynamoSink:
                 code, message = error_code(exc)
                 if not is_access_error(exc, code):
                     raise
-                metrics.DYNAMODB_AUTH_ERRORS.labels(code=code).inc()
+                self.metrics.dynamodb_auth_errors.labels(code=code).inc()
                 log.error(
                     "BatchWriteItem to %s refused: %s: %s (the credentials, their permissions or the table, "
                     "not the items); try %d of %d",
@@ -278,48 +221,3 @@ class DynamoSink:
     async def _write_singly(self, items: list[Item]) -> list[WriteFailure]:
         results = await asyncio.gather(*(self._write_chunk([item]) for item in items))
         return [failure for failures in results for failure in failures]
-
-
-async def create_table(table: str, endpoint_url: str | None = None) -> bool:
-    """Create the analysis table (partition key `id`, PAY_PER_REQUEST) unless it exists; True if created."""
-    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint_url) as client:
-        try:
-            await client.create_table(
-                TableName=table,
-                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceInUseException":
-                return False
-            raise
-        await client.get_waiter("table_exists").wait(
-            TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-        )
-        return True
-
-
-async def table_exists(table: str, endpoint_url: str | None = None) -> bool:
-    """Whether `table` exists; raises `TableAccessError` when the credentials are refused."""
-    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint_url) as client:
-        try:
-            await client.describe_table(TableName=table)
-        except ClientError as exc:
-            code, message = error_code(exc)
-            if code == "ResourceNotFoundException":
-                return False
-            if is_access_error(exc, code):
-                raise TableAccessError(table, code, message, 1) from exc
-            raise
-        return True
-
-
-async def scan_items(table: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:
-    """Every item of the table (paginated Scan), deserialised (numbers as Decimal)."""
-    items: list[dict[str, Any]] = []
-    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint_url) as client:
-        paginator = client.get_paginator("scan")
-        async for page in paginator.paginate(TableName=table):
-            items.extend(from_dynamodb(raw) for raw in page.get("Items", []))
-    return items

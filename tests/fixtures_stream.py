@@ -1,4 +1,4 @@
-"""Fixtures for the stream tests: a fake predictor, an in-memory sink, tables, the fake X API, model_svc."""
+"""Fixtures for the stream tests: a fake sentiment client, an in-memory sink, tables, the fake X API, model_svc."""
 
 from __future__ import annotations
 
@@ -15,24 +15,26 @@ from typing import Any
 import aiohttp
 import boto3
 import botocore.exceptions
-import grpc
 import pytest
 from aiohttp import web
 
 from scripts.local_aws import LocalAws
-from sentiment.errors import InvalidInput
-from sentiment.predict_client import Prediction
-from stream_svc.sink import Item, WriteFailure, create_table
+from sentiment.errors import InvalidInput, ModelNotReady, SentimentError
+from sentiment.prediction import Prediction
+from stream_svc.dynamodb import create_table
+from stream_svc.items import Item
+from stream_svc.sink import Sink, WriteFailure
 from stream_svc.tweets import SourceEvent
 from tests.fake_x_api import FakeXApi
 
 POSITIVE_HINTS = ("love", "great", "happy", "awesome", "amazing", "wonderful", "best", "fun", "glad")
 
 
-class FakePredictor:
-    """Labels by keyword; `reject` marks texts answered INVALID_ARGUMENT-style; `batches` records sizes."""
+class FakeSentimentClient:
+    """A `SentimentClient` that labels by keyword; a batch holding `reject` raises `InvalidInput`, every
+    batch raises `fail_with` when given; `batches` records what was sent."""
 
-    def __init__(self, reject: str = "", fail_with: BaseException | None = None) -> None:
+    def __init__(self, reject: str = "", fail_with: SentimentError | None = None) -> None:
         self.reject = reject
         self.fail_with = fail_with
         self.batches: list[list[str]] = []
@@ -59,10 +61,15 @@ class MemorySink:
     def __init__(self, fail_ids: Sequence[str] = ()) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self.writes = 0
+        self.retries = 0
         self.fail_ids = set(fail_ids)
         self.gate = asyncio.Event()
         self.gate.set()
         self.closed = False
+
+    @property
+    def requests(self) -> int:
+        return self.writes
 
     async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
         await self.gate.wait()
@@ -82,17 +89,17 @@ class MemorySink:
 class RecordingSink:
     """Delegates to another sink and records the ids that landed (to wait on, without polling the table)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Sink) -> None:
         self.inner = inner
         self.landed: set[str] = set()
 
     @property
     def retries(self) -> int:
-        return int(getattr(self.inner, "retries", 0))
+        return self.inner.retries
 
     @property
     def requests(self) -> int:
-        return int(getattr(self.inner, "requests", 0))
+        return self.inner.requests
 
     async def write(self, items: Sequence[Item]) -> list[WriteFailure]:
         failures = await self.inner.write(items)
@@ -143,10 +150,9 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, wha
         await asyncio.sleep(0.01)
 
 
-def unavailable(details: str = "model_svc is down") -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
-    )
+def unavailable(details: str = "model_svc is down") -> ModelNotReady:
+    """What `PredictClient` raises once its retries of an UNAVAILABLE call are spent."""
+    return ModelNotReady(f"UNAVAILABLE: {details}")
 
 
 async def spawn_stream_svc(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:

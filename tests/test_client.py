@@ -1,4 +1,4 @@
-"""PredictClient: its interface, retries through a server restart, non-retryable errors, TLS."""
+"""PredictClient: its interface, retries through a server restart, status codes as domain errors, TLS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sentiment.predict_client import PredictClient, Prediction, RetryPolicy
+from scripts.local_aws import free_port
+from sentiment import errors
+from sentiment.predict_client import (
+    ERROR_FOR,
+    PredictClient,
+    PredictFailed,
+    Prediction,
+    RetryPolicy,
+    domain_error,
+)
+from sentiment.rpc import STATUS_FOR, status_for
 from sentiment.synthetic import CLEARLY_NEGATIVE, CLEARLY_POSITIVE
 
 FAST_RETRY = RetryPolicy(attempts=12, initial_backoff_s=0.05, max_backoff_s=0.5)
@@ -32,12 +42,45 @@ async def test_predict_batch_and_predict(model_server: Any) -> None:
     assert single == results[0]
 
 
-async def test_invalid_argument_is_not_retried(model_server: Any) -> None:
+async def test_invalid_argument_is_not_retried_and_raises_invalid_input(model_server: Any) -> None:
     async with PredictClient(f"127.0.0.1:{model_server.port}", retry=FAST_RETRY) as client:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
+        with pytest.raises(errors.InvalidInput) as caught:
             await client.predict_batch(["fine", ""])
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = str(caught.value)
+    assert message.startswith("INVALID_ARGUMENT: ") and len(message) > len("INVALID_ARGUMENT: ")
+    assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)  # the status, for a traceback
     assert client.retries == 0
+
+
+def test_every_status_code_maps_back_to_the_domain_error_that_stands_for_it() -> None:
+    assert ERROR_FOR[grpc.StatusCode.INVALID_ARGUMENT] is errors.InvalidInput
+    assert ERROR_FOR[grpc.StatusCode.UNAVAILABLE] is errors.ModelNotReady
+    assert ERROR_FOR[grpc.StatusCode.RESOURCE_EXHAUSTED] is errors.Overloaded
+    assert ERROR_FOR[grpc.StatusCode.DEADLINE_EXCEEDED] is errors.DeadlineExpired
+    assert ERROR_FOR[grpc.StatusCode.NOT_FOUND] is errors.NotFound
+    assert ERROR_FOR[grpc.StatusCode.FAILED_PRECONDITION] is errors.FailedPrecondition
+    for code in set(STATUS_FOR.values()):  # the inverse: the server would answer the error with its code
+        error = domain_error(code, "details")
+        assert status_for(error) == code and str(error) == f"{code.name}: details"
+    unknown = domain_error(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    assert type(unknown) is PredictFailed and isinstance(unknown, errors.SentimentError)
+    assert str(unknown) == "INTERNAL: internal error; see the server log"
+
+
+def test_predict_backoff_is_full_jitter_with_the_policy_multiplier() -> None:
+    policy = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=2.0, multiplier=3.0)
+    for attempt in range(1, 8):
+        assert all(0 <= policy.backoff_s(attempt) <= min(2.0, 0.1 * 3 ** (attempt - 1)) for _ in range(20))
+
+
+async def test_retries_spent_raise_the_domain_error() -> None:
+    retry = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+    async with PredictClient(f"127.0.0.1:{free_port()}", timeout_s=0.2, retry=retry) as client:
+        with pytest.raises(errors.SentimentError) as caught:
+            await client.predict_batch(["nobody listens"])
+    # The first try fails fast (UNAVAILABLE); the retries wait for the channel until their deadline.
+    assert type(caught.value) in (errors.ModelNotReady, errors.DeadlineExpired), caught.value
+    assert client.retries == 2
 
 
 async def test_the_client_retries_through_a_server_restart(
@@ -97,6 +140,6 @@ async def test_tls(model_store: Path, tmp_path: Path, start_model_server: Callab
     assert result.model_version == "v1" and result.score < 0.5
     no_retry = RetryPolicy(attempts=1)
     async with PredictClient(f"127.0.0.1:{server.port}", timeout_s=2, retry=no_retry) as plaintext:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
+        with pytest.raises(errors.ModelNotReady) as caught:
             await plaintext.predict("plaintext to a TLS port")
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert str(caught.value).startswith("UNAVAILABLE: ")

@@ -9,7 +9,6 @@ import random
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
 
 from model_svc.model import group_by_length
 from model_svc.server import ModelServer
@@ -32,7 +31,7 @@ async def stub(shared_model_server: ModelServer):  # type: ignore[no-untyped-def
 
 async def test_grpcurl_predict_and_reflection(shared_model_server: ModelServer) -> None:
     address = target(shared_model_server)
-    thresholds = shared_model_server.predictor.model.thresholds  # type: ignore[union-attr]
+    thresholds = shared_model_server.inference.model.thresholds  # type: ignore[union-attr]
     for expected, texts in [("POSITIVE", CLEARLY_POSITIVE), ("NEGATIVE", CLEARLY_NEGATIVE)]:
         for text in texts:
             code, out, err = await grpcurl("-plaintext", "-d", json.dumps({"text": text}), address, PREDICT)
@@ -56,7 +55,7 @@ async def test_labels_scores_and_versions_through_the_stub(
     assert min(scores[:2]) >= 0.7 and max(scores[2:4]) <= 0.4, scores
     labels = [predict_pb2.Label.Name(p.label) for p in batch.predictions[:4]]
     assert labels == ["POSITIVE", "POSITIVE", "NEGATIVE", "NEGATIVE"]
-    thresholds = shared_model_server.predictor.model.thresholds  # type: ignore[union-attr]
+    thresholds = shared_model_server.inference.model.thresholds  # type: ignore[union-attr]
     for prediction in batch.predictions:
         assert prediction.model_version == "v1"
         assert predict_pb2.Label.Name(prediction.label) == thresholds.label(prediction.score)
@@ -92,27 +91,31 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("method", "request_", "reason"), BAD_INPUT)
 async def test_bad_input_is_invalid_argument_with_a_reason(
-    stub: predict_pb2_grpc.PredictServiceStub, method: str, request_: object, reason: str
+    shared_model_server: ModelServer,
+    stub: predict_pb2_grpc.PredictServiceStub,
+    method: str,
+    request_: object,
+    reason: str,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(stub, method)(request_, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in (caught.value.details() or "")
-    counted = REGISTRY.get_sample_value(
+    counted = shared_model_server.metrics.sample(
         "model_svc_requests_total", {"rpc": method, "code": "INVALID_ARGUMENT"}
     )
-    assert counted is not None and counted >= 1, "the metric counts requests by status"
+    assert counted >= 1, "the metric counts requests by status"
 
 
 async def test_concurrent_callers_get_the_unbatched_models_scores(shared_model_server: ModelServer) -> None:
     """Many clients, Predict and PredictBatch mixed: batched, length-grouped results equal Keras predict."""
     texts = [t.text for t in generate(120, seed=11)] + ["@someone http://t.co/x", "#love", "ok"]
-    model = shared_model_server.predictor.model
+    model = shared_model_server.inference.model
     assert model is not None
     # Each text alone, padded to the full sequence length; and Keras predict on the same rows.
     reference, keras_scores = model.reference_scores(texts)
     np.testing.assert_allclose(reference, keras_scores, atol=1e-5)
-    batches_before = shared_model_server.predictor.batches_run
+    batches_before = shared_model_server.inference.batches_run
     rng = random.Random(3)
     got: dict[int, tuple[float, str]] = {}
 
@@ -145,7 +148,7 @@ async def test_concurrent_callers_get_the_unbatched_models_scores(shared_model_s
     scores = np.array([got[i][0] for i in range(len(texts))])
     np.testing.assert_allclose(scores, reference, atol=1e-5)
     assert {version for _, version in got.values()} == {"v1"}
-    runs = shared_model_server.predictor.batches_run - batches_before
+    runs = shared_model_server.inference.batches_run - batches_before
     assert runs < len(texts) / 2, f"{runs} model calls for {len(texts)} texts: callers were not batched"
 
 

@@ -37,14 +37,16 @@ def stub_for(server: ModelServer) -> tuple[grpc.aio.Channel, predict_pb2_grpc.Pr
 def hold_inference_thread(server: ModelServer) -> threading.Event:
     """Occupy the server's single inference thread until the returned event is set."""
     gate = threading.Event()
-    server.predictor.batcher.executor.submit(gate.wait, 30)
+    server.inference.batcher.executor.submit(gate.wait, 30)
     return gate
 
 
 async def test_overload_is_resource_exhausted_at_once(
     model_store: Path, start_model_server: Callable[..., Any]
 ) -> None:
-    server = await start_model_server(model_store, queue_max_texts=4, max_batch_texts=4, batch_max_size=4)
+    server = await start_model_server(
+        model_store, queue_max_texts=4, predict_batch_max_texts=4, inference_batch_max_texts=4
+    )
     channel, stub = stub_for(server)
     gate = hold_inference_thread(server)
     try:
@@ -78,7 +80,7 @@ async def test_a_request_past_its_deadline_is_not_computed(
 ) -> None:
     server = await start_model_server(model_store)
     channel, stub = stub_for(server)
-    computed_before = server.predictor.texts_computed
+    computed_before = server.inference.texts_computed
     gate = hold_inference_thread(server)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -90,7 +92,7 @@ async def test_a_request_past_its_deadline_is_not_computed(
         gate.set()
     reply = await stub.Predict(predict_pb2.PredictRequest(text="right on time"), timeout=10)
     assert reply.model_version == "v1"
-    assert server.predictor.texts_computed - computed_before == 1, "the expired texts were not computed"
+    assert server.inference.texts_computed - computed_before == 1, "the expired texts were not computed"
     await channel.close()
 
 

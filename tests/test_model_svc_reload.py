@@ -69,7 +69,7 @@ async def test_hot_reload_during_a_steady_stream(
     for stream_versions in versions:
         switches = sum(a != b for a, b in itertools.pairwise(stream_versions))
         assert stream_versions[0] == "v1" and stream_versions[-1] == "v2" and switches == 1, stream_versions
-    assert server.predictor.version == "v2"
+    assert server.inference.version == "v2"
     assert server.reloader.failures["v3"].attempts == 1
     assert server.reloader.failures["v3"].retry_at is None
     assert "checksum" in server.reloader.failures["v3"].reason

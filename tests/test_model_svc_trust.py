@@ -22,7 +22,6 @@ from typing import Any
 import boto3
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from model_svc import reload
 from model_svc.batcher import Batcher
@@ -114,7 +113,7 @@ async def test_hostile_current_names_touch_nothing_outside_model_dir(
     sentinel.parent.mkdir(parents=True)
     sentinel.write_text("keep")
     server: ModelServer = await start_model_server(store, model_dir=str(model_dir))
-    assert server.predictor.version == "v1"
+    assert server.inference.version == "v1"
     before = snapshot(tmp_path, model_dir)
     hostile = [
         "../x",
@@ -136,7 +135,7 @@ async def test_hostile_current_names_touch_nothing_outside_model_dir(
     assert len(refused) == len(hostile) and all("CURRENT" in m for m in refused)
     assert snapshot(tmp_path, model_dir) == before, "a file outside MODEL_DIR changed"
     assert sentinel.read_text() == "keep"
-    assert [p.name for p in model_dir.iterdir()] == [server.predictor.model.bundle.directory.name]  # type: ignore[union-attr]
+    assert [p.name for p in model_dir.iterdir()] == [server.inference.model.bundle.directory.name]  # type: ignore[union-attr]
     assert (await predict(server)).model_version == "v1"
 
 
@@ -150,10 +149,10 @@ async def test_a_hostile_current_in_s3_is_refused_too(
     s3.put_object(Bucket=bucket, Key="m/models/CURRENT", Body=b"v1")
     model_dir = tmp_path / "model_dir"
     server: ModelServer = await start_model_server(f"s3://{bucket}/m", model_dir=str(model_dir))
-    assert server.predictor.version == "v1"
+    assert server.inference.version == "v1"
     s3.put_object(Bucket=bucket, Key="m/models/CURRENT", Body=b"../x")
     assert not await server.reloader.check()
-    assert server.predictor.version == "v1" and (await predict(server)).model_version == "v1"
+    assert server.inference.version == "v1" and (await predict(server)).model_version == "v1"
     assert not (tmp_path / "x").exists()
 
 
@@ -176,7 +175,7 @@ async def test_bundles_that_do_not_fit_are_refused_and_the_old_model_keeps_servi
         assert time.monotonic() - started < 10, f"{what}: refusing took too long"
         failure = server.reloader.failures[version]
         assert failure.retry_at is None and reason in failure.reason, (what, failure.reason)
-        assert server.predictor.version == "v1", what
+        assert server.inference.version == "v1", what
         # Pointing CURRENT back at the good version is honoured at once.
         (store / "models" / "CURRENT").write_text("v1")
         assert not await server.reloader.check()
@@ -188,7 +187,7 @@ async def test_bundles_that_do_not_fit_are_refused_and_the_old_model_keeps_servi
     (store / "models" / "CURRENT").write_text("v" * 10_000)
     assert not await server.reloader.check()
     add_version(store, tiny_bundle_dir, "v2")
-    assert await server.reloader.check() and server.predictor.version == "v2"
+    assert await server.reloader.check() and server.inference.version == "v2"
 
 
 async def test_a_load_past_its_time_budget_is_abandoned_and_polling_goes_on(
@@ -218,14 +217,14 @@ async def test_a_load_past_its_time_budget_is_abandoned_and_polling_goes_on(
     failure = reloader.failures["v2"]
     assert "longer than 0.5s" in failure.reason and failure.retry_at is not None
     assert set(reloader.abandoned) == {"v2"}
-    assert server.predictor.version == "v1" and (await predict(server)).model_version == "v1"
+    assert server.inference.version == "v1" and (await predict(server)).model_version == "v1"
     # CURRENT back at the good version is honoured; a new version loads while the stuck one still runs.
     (store / "models" / "CURRENT").write_text("v1")
     assert not await reloader.check() and reloader.current_version == "v1"
     monkeypatch.setattr(reload, "_load_and_warm", real_load)
     reloader.load_timeout_s = 300
     add_version(store, tiny_bundle_dir, "v3")
-    assert await reloader.check() and server.predictor.version == "v3"
+    assert await reloader.check() and server.inference.version == "v3"
     # The abandoned load ends once let go, is never swapped in, and its folder goes.
     release.set()
     done, _ = await asyncio.wait(set(reloader.abandoned.values()), timeout=60)
@@ -238,7 +237,7 @@ async def test_invalid_utf8_is_invalid_argument_counted_and_logged_once(
 ) -> None:
     bad = b"\n\x04ok\xff\xfe"  # field 1 (text): 4 bytes that are not UTF-8
     counted = {"rpc": "Predict", "code": "INVALID_ARGUMENT"}
-    before = REGISTRY.get_sample_value("model_svc_requests_total", counted) or 0.0
+    before = model_server.metrics.sample("model_svc_requests_total", counted)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
         for method in ("Predict", "PredictBatch"):
             call = channel.unary_unary(
@@ -255,7 +254,7 @@ async def test_invalid_utf8_is_invalid_argument_counted_and_logged_once(
             assert "UTF-8" in details and "Error" not in details and "Exception" not in details
             records = [r for r in caplog.records if "undecodable" in r.getMessage()]
             assert len(records) == 1 and records[0].exc_info is None, method
-    assert REGISTRY.get_sample_value("model_svc_requests_total", counted) == before + 1
+    assert model_server.metrics.sample("model_svc_requests_total", counted) == before + 1
     assert (await predict(model_server)).model_version == "v1"
 
 
@@ -276,8 +275,8 @@ async def test_a_submission_whose_deadline_cannot_be_met_is_never_computed() -> 
 
 
 async def test_one_ms_deadlines_on_an_idle_server_waste_no_compute(model_server: ModelServer) -> None:
-    predictor = model_server.predictor
-    computed_before, answered = predictor.texts_computed, 0
+    inference = model_server.inference
+    computed_before, answered = inference.texts_computed, 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
         stub = predict_pb2_grpc.PredictServiceStub(channel)
         await stub.Predict(predict_pb2.PredictRequest(text="warm the channel"), timeout=5)
@@ -288,6 +287,6 @@ async def test_one_ms_deadlines_on_an_idle_server_waste_no_compute(model_server:
                 answered += 1
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    computed = predictor.texts_computed - computed_before
+    computed = inference.texts_computed - computed_before
     # What is computed is (almost always) answered in time; before, 32 of 50 were computed in vain.
     assert computed - answered <= 5, (computed, answered)

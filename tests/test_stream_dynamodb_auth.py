@@ -15,15 +15,16 @@ from typing import Any
 
 import aioboto3
 import pytest
-from prometheus_client import REGISTRY
 
 from sentiment.predict_client import PredictClient
 from sentiment.synthetic import write_jsonl
 from stream_svc.app import EXIT_TABLE_REFUSED
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
+from stream_svc.dynamodb import TableAccessError, client_config
+from stream_svc.metrics import StreamMetrics
 from stream_svc.pipeline import Pipeline
-from stream_svc.sink import DynamoSink, TableAccessError, WriteRetry, client_config
-from stream_svc.sources import ReplaySource
+from stream_svc.replay import ReplaySource
+from stream_svc.sink import DynamoSink, WriteRetry
 from tests.fixtures_stream import (
     AuthAws,
     RecordingSink,
@@ -38,10 +39,6 @@ AUTH_ATTEMPTS = 3
 # Each writer may have one request in flight as the key goes and then tries its next chunk AUTH_ATTEMPTS
 # times; splitting refused requests into single items (the old behaviour) sends ~one per tweet.
 MAX_REQUESTS_AFTER_CUT = 2 * WRITE_CONCURRENCY * AUTH_ATTEMPTS
-
-
-def auth_errors(code: str) -> float:
-    return REGISTRY.get_sample_value("stream_dynamodb_auth_errors_total", {"code": code}) or 0.0
 
 
 def replay_ids(replay: Path, n: int) -> set[str]:
@@ -61,20 +58,23 @@ async def test_refusal_mid_stream_stops_the_pipeline_without_splitting_requests(
         aws_access_key_id=key.key_id, aws_secret_access_key=key.secret, region_name=auth_aws.region
     )
     retry = WriteRetry(auth_attempts=AUTH_ATTEMPTS, auth_initial_backoff_s=0.05)
-    counted_before = auth_errors(code)
+    metrics = StreamMetrics()
     async with (
         session.client("dynamodb", endpoint_url=auth_aws.endpoint, config=client_config(16)) as client,
-        PredictClient(f"127.0.0.1:{stream_model_server.port}") as predictor,
+        PredictClient(f"127.0.0.1:{stream_model_server.port}") as predict_client,
     ):
-        sink = RecordingSink(DynamoSink(client, table, concurrency=WRITE_CONCURRENCY, retry=retry))
+        sink = RecordingSink(
+            DynamoSink(client, table, concurrency=WRITE_CONCURRENCY, retry=retry, metrics=metrics)
+        )
         run = Pipeline(
             ReplaySource(replay, rate=1000),
-            predictor,
+            predict_client,
             sink,
             DeadLetterFile(dead_letter_path),
             batch_size=32,
             batch_max_wait_s=0.02,
             write_concurrency=WRITE_CONCURRENCY,
+            metrics=metrics,
         )
         task = asyncio.create_task(run.run())
         await wait_until(lambda: len(sink.landed) >= 300, 30, "300 tweets written")
@@ -89,7 +89,10 @@ async def test_refusal_mid_stream_stops_the_pipeline_without_splitting_requests(
     print(f"{cut}: {requests_after_cut} BatchWriteItem requests after the cut")  # the figure, with -s
     assert refused.value.code == code and refused.value.attempts == AUTH_ATTEMPTS
     assert requests_after_cut <= MAX_REQUESTS_AFTER_CUT
-    assert auth_errors(code) - counted_before >= AUTH_ATTEMPTS
+    assert metrics.sample("stream_dynamodb_auth_errors_total", {"code": code}) >= AUTH_ATTEMPTS
+    assert (
+        metrics.sample("stream_tweets_abandoned_total", {"reason": "table_refused"}) == run.counters.abandoned
+    )
     counters = run.counters
     assert counters.balanced() and counters.skipped_empty == 0
     assert 300 <= counters.received < 3000  # the source was stopped

@@ -17,7 +17,7 @@ from sentiment.synthetic import generate, write_jsonl, x_api_payload
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
 from stream_svc.pipeline import Pipeline
 from stream_svc.sink import DynamoSink
-from stream_svc.sources import XStreamSource
+from stream_svc.x_stream import XStreamSource
 from tests.fake_x_api import FakeXApi
 from tests.fixtures_stream import (
     RecordingSink,

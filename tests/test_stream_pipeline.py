@@ -1,44 +1,34 @@
-"""stream_svc domain: cleaning, message parsing, replay sources, the pipeline (fake predictor, memory sink)."""
+"""stream_svc domain: cleaning, message parsing, replay sources, the pipeline (fake sentiment client, memory sink)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from sentiment.errors import ConfigError
+from sentiment.prediction import Prediction
 from sentiment.synthetic import generate, write_jsonl, write_sentiment140, x_api_payload
+from stream_svc.classify import classify
 from stream_svc.config import StreamConfig
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
+from stream_svc.metrics import StreamMetrics
 from stream_svc.pipeline import Pipeline
-from stream_svc.sources import ReplaySource, parse_message
-from stream_svc.tweets import Malformed, Tweet, clean_text
-from tests.fixtures_stream import FakePredictor, ListSource, MemorySink, unavailable, wait_until
-
-METRICS = [
-    ("stream_tweets_received_total", {}),
-    ("stream_tweets_predicted_total", {}),
-    ("stream_tweets_written_total", {}),
-    ("stream_tweets_skipped_total", {"reason": "empty_after_cleaning"}),
-    ("stream_messages_malformed_total", {"kind": "invalid_json"}),
-    ("stream_tweet_latency_seconds_count", {}),
-]
-
-
-def _sample(name: str, labels: dict[str, str]) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+from stream_svc.replay import ReplaySource
+from stream_svc.tweets import Malformed, Tweet, clean_text, parse_message
+from tests.fixtures_stream import FakeSentimentClient, ListSource, MemorySink, unavailable, wait_until
 
 
 def tweets(n: int, start: int = 0, text: str = "I love this movie") -> list[Tweet]:
     return [Tweet(id=str(start + i), user="u", text=f"{text} {i}", date="") for i in range(n)]
 
 
-def pipeline(source, predictor, sink, dead_letter_path: Path, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
-    return Pipeline(source, predictor, sink, DeadLetterFile(dead_letter_path), **kwargs)
+def pipeline(source, client, sink, dead_letter_path: Path, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
+    return Pipeline(source, client, sink, DeadLetterFile(dead_letter_path), **kwargs)
 
 
 def test_clean_removes_links_and_emojis_only() -> None:
@@ -88,24 +78,45 @@ async def test_replay_jsonl_through_pipeline_balances_counters(
         out.write(json.dumps({"data": {"id": "e1", "text": "😢 https://t.co/x"}}) + "\n")
         out.write(json.dumps({"data": {"id": "e2", "text": "🎉🎉"}}) + "\n")
         out.write("{still broken\n")
-    predictor, sink = FakePredictor(), MemorySink()
-    run = pipeline(
-        ReplaySource(path), predictor, sink, dead_letter_path, batch_size=32, predict_concurrency=2
-    )
+    client, sink = FakeSentimentClient(), MemorySink()
+    run = pipeline(ReplaySource(path), client, sink, dead_letter_path, batch_size=32, predict_concurrency=2)
     counters = await run.run()
     assert counters.received == 302 and counters.written == 300 and counters.skipped_empty == 2
     assert counters.dead_lettered == 0 and counters.balanced()
     assert counters.malformed == {"invalid_json": 2, "no_text": 1}
     assert len(sink.items) == 300 and "e1" not in sink.items
-    sent = [text for batch in predictor.batches for text in batch]
+    sent = [text for batch in client.batches for text in batch]
     assert len(sent) == 300 and all(text and "http" not in text for text in sent)
-    assert max(len(b) for b in predictor.batches) == 32
+    assert max(len(b) for b in client.batches) == 32
     item = next(iter(sink.items.values()))
     assert set(item) == {
         "id", "user", "sentiment", "score", "twitter_raw", "twitter_clean", "data", "model_version", "analyzed_at"
     }  # fmt: skip
     assert item["data"].endswith("Z") and item["model_version"] == "fake-1"
     assert not dead_letter_path.exists()
+
+
+async def test_each_pipeline_counts_into_its_own_registry(tmp_path: Path) -> None:
+    """Two runs in one process, as tests and benchmarks make them: neither sees the other's counts."""
+    runs: list[tuple[StreamMetrics, int]] = []
+    for n in (7, 12):
+        metrics, source = StreamMetrics(), ListSource()
+        run = pipeline(
+            source, FakeSentimentClient(), MemorySink(), tmp_path / f"dl-{n}.jsonl", metrics=metrics
+        )
+        source.push([*tweets(n), Malformed("invalid_json"), Tweet("e", "u", "🎉", "")])
+        source.finish()
+        counters = await run.run()
+        assert counters.written == n and counters.balanced()
+        runs.append((metrics, n))
+    for metrics, n in runs:
+        assert metrics.sample("stream_tweets_received_total") == n + 1
+        assert metrics.sample("stream_tweets_predicted_total") == n
+        assert metrics.sample("stream_tweets_written_total") == n
+        assert metrics.sample("stream_tweet_latency_seconds_count") == n
+        assert metrics.sample("stream_tweets_skipped_total", {"reason": "empty_after_cleaning"}) == 1
+        assert metrics.sample("stream_messages_malformed_total", {"kind": "invalid_json"}) == 1
+        assert metrics.sample("stream_queue_depth", {"queue": "tweets"}) == 0
 
 
 async def test_replay_csv_gz_gives_iso_dates_and_honours_rate(tmp_path: Path) -> None:
@@ -120,23 +131,23 @@ async def test_replay_csv_gz_gives_iso_dates_and_honours_rate(tmp_path: Path) ->
 
 
 async def test_batches_flush_at_size_and_after_max_wait(dead_letter_path: Path) -> None:
-    source, predictor, sink = ListSource(), FakePredictor(), MemorySink()
-    run = pipeline(source, predictor, sink, dead_letter_path, batch_size=4, batch_max_wait_s=0.05)
+    source, client, sink = ListSource(), FakeSentimentClient(), MemorySink()
+    run = pipeline(source, client, sink, dead_letter_path, batch_size=4, batch_max_wait_s=0.05)
     task = asyncio.create_task(run.run())
     source.push(tweets(10))
     # The last two tweets go out on the wait alone: the source is still open.
-    await wait_until(lambda: sum(map(len, predictor.batches)) == 10, 5, "10 tweets predicted")
-    assert sorted(len(b) for b in predictor.batches) == [2, 4, 4]
+    await wait_until(lambda: sum(map(len, client.batches)) == 10, 5, "10 tweets predicted")
+    assert sorted(len(b) for b in client.batches) == [2, 4, 4]
     source.finish()
     counters = await task
     assert counters.written == 10 and counters.balanced()
 
 
 async def test_bounded_queues_hold_the_source_back(dead_letter_path: Path) -> None:
-    source, predictor, sink = ListSource(), FakePredictor(), MemorySink()
+    source, client, sink = ListSource(), FakeSentimentClient(), MemorySink()
     sink.gate.clear()
     run = pipeline(
-        source, predictor, sink, dead_letter_path, batch_size=4, predict_concurrency=1, write_concurrency=1
+        source, client, sink, dead_letter_path, batch_size=4, predict_concurrency=1, write_concurrency=1
     )
     task = asyncio.create_task(run.run())
     source.push(tweets(2000))
@@ -150,8 +161,8 @@ async def test_bounded_queues_hold_the_source_back(dead_letter_path: Path) -> No
 
 
 async def test_invalid_input_is_isolated_and_dead_lettered(dead_letter_path: Path) -> None:
-    source, predictor, sink = ListSource(), FakePredictor(reject="BAD"), MemorySink(fail_ids=["5"])
-    run = pipeline(source, predictor, sink, dead_letter_path, batch_size=8, batch_max_wait_s=0.01)
+    source, client, sink = ListSource(), FakeSentimentClient(reject="BAD"), MemorySink(fail_ids=["5"])
+    run = pipeline(source, client, sink, dead_letter_path, batch_size=8, batch_max_wait_s=0.01)
     task = asyncio.create_task(run.run())
     source.push([*tweets(3), Tweet("99", "u", "BAD text", ""), *tweets(4, start=3)])
     source.finish()
@@ -165,10 +176,28 @@ async def test_invalid_input_is_isolated_and_dead_lettered(dead_letter_path: Pat
     assert letters["5"]["record"]["sentiment"] == "POSITIVE"
 
 
+async def test_classify_isolates_invalid_input_and_names_every_other_failure() -> None:
+    client = FakeSentimentClient(reject="BAD")
+    outcomes = await classify(client, ["good 1", "BAD 2", "good 3", "good 4", "BAD 5"])
+    assert [isinstance(o, Prediction) for o in outcomes] == [True, False, True, True, False]
+    assert outcomes[1] == outcomes[4] == "predict failed: text contains 'BAD'"
+    assert ["BAD 2"] in client.batches and ["BAD 5"] in client.batches  # halved until alone
+    down = await classify(FakeSentimentClient(fail_with=unavailable()), ["a", "b"])
+    assert down == ["predict failed: UNAVAILABLE: model_svc is down"] * 2
+
+    class Short(FakeSentimentClient):
+        async def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+            return []
+
+    assert (
+        await classify(Short(), ["a", "b"]) == ["predict failed: RuntimeError: 0 predictions for 2 texts"] * 2
+    )
+
+
 async def test_unavailable_model_dead_letters_with_reason(dead_letter_path: Path) -> None:
     source = ListSource()
     run = pipeline(
-        source, FakePredictor(fail_with=unavailable()), MemorySink(), dead_letter_path, batch_size=5
+        source, FakeSentimentClient(fail_with=unavailable()), MemorySink(), dead_letter_path, batch_size=5
     )
     task = asyncio.create_task(run.run())
     source.push(tweets(12))
@@ -182,7 +211,7 @@ async def test_unavailable_model_dead_letters_with_reason(dead_letter_path: Path
 async def test_stop_drains_everything_taken_in(tmp_path: Path, dead_letter_path: Path) -> None:
     path = write_jsonl(tmp_path / "replay.jsonl", 3000, seed=4)
     source, sink = ReplaySource(path, rate=2000), MemorySink()
-    run = pipeline(source, FakePredictor(), sink, dead_letter_path, batch_size=16)
+    run = pipeline(source, FakeSentimentClient(), sink, dead_letter_path, batch_size=16)
     task = asyncio.create_task(run.run())
     await wait_until(lambda: len(sink.items) >= 100, 10, "100 written")
     await run.stop()

@@ -20,8 +20,9 @@ from sentiment.predict_client import PredictClient
 from sentiment.synthetic import generate, write_jsonl, x_api_payload
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
 from stream_svc.pipeline import Pipeline
+from stream_svc.replay import ReplaySource
 from stream_svc.sink import DynamoSink, WriteRetry
-from stream_svc.sources import ReplaySource, XStreamSource
+from stream_svc.x_stream import XStreamSource
 from tests.fake_x_api import FakeXApi
 from tests.fixtures_stream import (
     DynamoFaultProxy,
@@ -113,8 +114,8 @@ async def test_deadline_dead_letters_items_queued_and_writes_in_flight(
     retry = WriteRetry(attempts=10**6, initial_backoff_s=0.01, max_backoff_s=0.05)
     sink = await DynamoSink.open(stream_table, retry=retry, endpoint_url=proxy.url)
     replay = write_jsonl(tmp_path / "replay.jsonl", 2000, seed=52)
-    async with PredictClient(f"127.0.0.1:{stream_model_server.port}") as predictor:
-        run = Pipeline(ReplaySource(replay), predictor, sink, DeadLetterFile(dead_letter_path), batch_size=32)
+    async with PredictClient(f"127.0.0.1:{stream_model_server.port}") as client:
+        run = Pipeline(ReplaySource(replay), client, sink, DeadLetterFile(dead_letter_path), batch_size=32)
         task = asyncio.create_task(run.run())
         try:
             # The writers hold 8 x 25 in flight and the items queue 200 more: both are full.
@@ -148,8 +149,8 @@ async def test_deadline_dead_letters_what_the_x_source_had_buffered(
     source = XStreamSource("test-token", ["love"], base_url=fake.base_url)
     sink = await DynamoSink.open(stream_table)
     # model_svc is down: the pipeline holds ~500 tweets, the source's own queue the other ~700.
-    async with PredictClient(f"127.0.0.1:{free_port()}") as predictor:
-        run = Pipeline(source, predictor, sink, DeadLetterFile(dead_letter_path))
+    async with PredictClient(f"127.0.0.1:{free_port()}") as client:
+        run = Pipeline(source, client, sink, DeadLetterFile(dead_letter_path))
         task = asyncio.create_task(run.run())
         try:
             await wait_until(

@@ -19,10 +19,11 @@ import boto3
 from scripts.local_aws import LocalAws
 from sentiment.synthetic import write_jsonl
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
+from stream_svc.dynamodb import create_table
 from stream_svc.pipeline import Pipeline
-from stream_svc.sink import DynamoSink, WriteRetry, create_table
-from stream_svc.sources import ReplaySource
-from tests.fixtures_stream import THROTTLE_CODES, DynamoFaultProxy, FakePredictor, table_items
+from stream_svc.replay import ReplaySource
+from stream_svc.sink import DynamoSink, WriteRetry
+from tests.fixtures_stream import THROTTLE_CODES, DynamoFaultProxy, FakeSentimentClient, table_items
 
 FAST_RETRY = WriteRetry(attempts=10, initial_backoff_s=0.005, max_backoff_s=0.05)
 
@@ -39,6 +40,18 @@ def item(i: int, sentiment: str = "POSITIVE", score: str = "0.912345", hour: int
         "model_version": "v1",
         "analyzed_at": "2026-11-28T12:00:00Z",
     }
+
+
+def test_write_backoff_is_full_jitter_capped_from_either_base() -> None:
+    retry = WriteRetry(initial_backoff_s=0.05, max_backoff_s=1.0, auth_initial_backoff_s=0.5)
+    for attempt in range(1, 12):
+        for _ in range(20):
+            assert 0 <= retry.backoff_s(attempt) <= min(1.0, 0.05 * 2 ** (attempt - 1))
+            assert (
+                0
+                <= retry.backoff_s(attempt, retry.auth_initial_backoff_s)
+                <= min(1.0, 0.5 * 2 ** (attempt - 1))
+            )
 
 
 async def test_items_land_typed_and_idempotent(stream_table: str) -> None:
@@ -109,7 +122,7 @@ async def test_permanently_failing_write_goes_to_the_dead_letter_file(
     )
     sink = await DynamoSink.open(table, retry=FAST_RETRY)
     source = ReplaySource(write_jsonl(tmp_path / "replay.jsonl", 40, seed=5))
-    run = Pipeline(source, FakePredictor(), sink, DeadLetterFile(dead_letter_path), batch_size=16)
+    run = Pipeline(source, FakeSentimentClient(), sink, DeadLetterFile(dead_letter_path), batch_size=16)
     try:
         counters = await run.run()
     finally:

@@ -11,9 +11,9 @@ from sentiment.synthetic import generate, x_api_payload
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.pipeline import Pipeline
 from stream_svc.sink import DynamoSink
-from stream_svc.sources import XStreamSource, sync_rules
+from stream_svc.x_stream import XStreamSource, sync_rules
 from tests.fake_x_api import FakeXApi
-from tests.fixtures_stream import FakePredictor, RecordingSink, table_items, wait_until
+from tests.fixtures_stream import FakeSentimentClient, RecordingSink, table_items, wait_until
 
 MakeFakeX = Callable[..., Awaitable[FakeXApi]]
 
@@ -48,7 +48,12 @@ async def test_stream_survives_drops_and_bad_payloads_and_lands_every_tweet_once
     source = XStreamSource("test-token", ["love", "hate"], base_url=fake.base_url)
     sink = RecordingSink(await DynamoSink.open(stream_table, concurrency=4))
     run = Pipeline(
-        source, FakePredictor(), sink, DeadLetterFile(dead_letter_path), batch_size=8, batch_max_wait_s=0.02
+        source,
+        FakeSentimentClient(),
+        sink,
+        DeadLetterFile(dead_letter_path),
+        batch_size=8,
+        batch_max_wait_s=0.02,
     )
     task = asyncio.create_task(run.run())
     wanted = {t.id for t in tweets}

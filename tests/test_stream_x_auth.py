@@ -13,19 +13,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from sentiment.synthetic import generate, x_api_payload
 from stream_svc.app import EXIT_X_REFUSED
-from stream_svc.sources import REFUSALS, XStreamSource
+from stream_svc.metrics import StreamMetrics
+from stream_svc.x_stream import REFUSALS, XStreamSource
 from tests.fake_x_api import FakeXApi
 from tests.fixtures_stream import log_records, run_summary, spawn_stream_svc, wait_until
 
 MakeFakeX = Callable[..., Awaitable[FakeXApi]]
-
-
-def http_errors(status: int) -> float:
-    return REGISTRY.get_sample_value("stream_x_http_errors_total", {"status": str(status)}) or 0.0
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -33,9 +29,14 @@ async def test_refused_stream_connect_fails_the_source_after_bounded_tries(
     fake_x: MakeFakeX, status: int
 ) -> None:
     fake = await fake_x(refuse_stream=status)
-    counted_before = http_errors(status)
+    metrics = StreamMetrics()
     source = XStreamSource(
-        "test-token", ["love"], base_url=fake.base_url, auth_max_tries=3, auth_retry_wait_s=0.01
+        "test-token",
+        ["love"],
+        base_url=fake.base_url,
+        auth_max_tries=3,
+        auth_retry_wait_s=0.01,
+        metrics=metrics,
     )
     started = time.monotonic()
     async with asyncio.timeout(10):
@@ -43,7 +44,7 @@ async def test_refused_stream_connect_fails_the_source_after_bounded_tries(
     assert events == [] and source.failed and source.refused
     assert source.failure.endswith(REFUSALS[status]) and "3 times in a row" in source.failure
     assert fake.refused == 3  # three tries, then no more
-    assert http_errors(status) - counted_before == 3
+    assert metrics.sample("stream_x_http_errors_total", {"status": str(status)}) == 3
     assert time.monotonic() - started < 5  # waits of 0.01 s and 0.02 s, not tweepy's 5 s and 10 s
 
 

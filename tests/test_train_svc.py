@@ -17,8 +17,10 @@ from sentiment.store import LocalStore
 from sentiment.synthetic import write_sentiment140
 from tests.conftest import TINY_PARAMS
 from tests.fixtures_train import GrpcurlRunner, TrainHarness
-from train_svc.jobs import RESTARTED_RUNNING, Job, JobRecords, JobState
+from train_svc.job import Job, JobState, Stage
 from train_svc.params import TrainParams
+from train_svc.records import JobRecords
+from train_svc.runner import RESTARTED_RUNNING
 
 SERVICE = "sentiment.v1.TrainService"
 TERMINAL_STATES = {train_pb2.SUCCEEDED, train_pb2.FAILED, train_pb2.CANCELLED}
@@ -338,7 +340,7 @@ async def test_jobs_survive_a_restart(
         dataset_uri="s3://b/k.csv",
         params=TrainParams(),
         state=JobState.RUNNING,
-        stage="fit",
+        stage=Stage.FIT,
         created_at=1.0,
         started_at=2.0,
     )

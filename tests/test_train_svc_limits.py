@@ -170,7 +170,7 @@ async def test_job_records_with_invalid_ids_are_ignored_at_start(
     for i, (name, value) in enumerate(typed.items()):
         job_id = f"job-20200101-000000-0000000{i}"
         (jobs / f"{job_id}.json").write_text(json.dumps({**record, "job_id": job_id, name: value}))
-    with caplog.at_level(logging.WARNING, logger="train_svc.jobs"):
+    with caplog.at_level(logging.WARNING, logger="train_svc.records"):
         _, client = await train_harness.start(str(tmp_path / "store"))
     listed = await client.stub.ListJobs(train_pb2.ListJobsRequest())
     assert [j.job_id for j in listed.jobs] == [good]

@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from protos import train_pb2, train_pb2_grpc
-from train_svc.jobs import RESTARTED_RUNNING
+from scripts import programs
+from scripts.programs import Program
+from train_svc.runner import RESTARTED_RUNNING
 from train_svc.workdir import LOCK_FILE, TEMP_PREFIX, try_lock
 
 LONG_PARAMS = train_pb2.TrainParams(
@@ -25,48 +24,16 @@ LONG_PARAMS = train_pb2.TrainParams(
 )
 
 
-@dataclass
-class TrainProcess:
-    """A `python -m train_svc` in its own process group (its trainer child too), and what it logged."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    stderr: list[str]
-
-    def kill_group(self) -> None:
-        """SIGKILL the server and its trainer at once, as a node or the OOM killer would."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-
-
-async def _read_stderr(
-    process: asyncio.subprocess.Process, lines: list[str], port: asyncio.Future[int]
-) -> None:
-    assert process.stderr is not None
-    while line := (await process.stderr.readline()).decode():
-        lines.append(line)
-        if not port.done() and (found := re.search(r"serving on \S+ \(port (\d+)\)", line)):
-            port.set_result(int(found.group(1)))
-    if not port.done():
-        port.set_exception(AssertionError("train_svc exited before serving:\n" + "".join(lines)))
-
-
 @contextlib.asynccontextmanager
-async def train_process(env: dict[str, str]) -> AsyncIterator[TrainProcess]:
-    """Start `python -m train_svc` with `env`, wait until it serves; killed (group and all) on exit."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "train_svc", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
-    )
-    lines: list[str] = []
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    reader = asyncio.create_task(_read_stderr(process, lines, port))
+async def train_process(env: dict[str, str], log_path: Path) -> AsyncIterator[Program]:
+    """`python -m train_svc` with `env` (in a session of its own: its trainer child too), SERVING; killed,
+    group and all, on exit."""
+    program = programs.start("train_svc", env, log_path)
     try:
-        yield TrainProcess(process, await asyncio.wait_for(port, 30), lines)
+        await program.wait_serving(timeout_s=60)
+        yield program
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        await asyncio.wait_for(reader, 10)
+        await asyncio.to_thread(program.kill)
 
 
 def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -80,7 +47,7 @@ async def test_restart_after_sigkill_removes_the_killed_jobs_scratch(
 ) -> None:
     work = tmp_path / "work"
     env = server_env(tmp_path, WORK_DIR=str(work))
-    async with train_process(env) as first:
+    async with train_process(env, tmp_path / "train.log") as first:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
             stub = train_pb2_grpc.TrainServiceStub(channel)
             job = await stub.Train(train_pb2.TrainRequest(dataset_uri=str(dataset_file), params=LONG_PARAMS))
@@ -88,16 +55,18 @@ async def test_restart_after_sigkill_removes_the_killed_jobs_scratch(
                 async for update in stub.WatchJob(train_pb2.WatchJobRequest(job_id=job.job_id)):
                     if update.stage in ("word2vec", "fit"):
                         break
-        first.kill_group()
-        await first.process.wait()
+        await asyncio.to_thread(first.kill)  # the server and its trainer at once, as the OOM killer would
     scratch = work / job.job_id
     # The dataset's local name is fixed, whatever the URI calls it.
     assert (scratch / "dataset").read_bytes() == dataset_file.read_bytes()
 
-    async with train_process(env) as second:
+    async with train_process(env, tmp_path / "train.log") as second:
         assert not scratch.exists()
         assert sorted(p.name for p in work.iterdir()) == [LOCK_FILE]
-        assert any(job.job_id in line and "removed stale job scratch" in line for line in second.stderr)
+        assert any(
+            job.job_id in line and "removed stale job scratch" in line
+            for line in second.log_text().splitlines()
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
             stub = train_pb2_grpc.TrainServiceStub(channel)
             got = await stub.GetJob(train_pb2.GetJobRequest(job_id=job.job_id), timeout=5)
@@ -111,8 +80,7 @@ async def test_restart_after_sigkill_removes_the_killed_jobs_scratch(
         assert third.returncode == 2, err.decode()
         assert f"WORK_DIR={work} is in use by another running train_svc" in err.decode()
 
-        second.process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.process.wait(), 20) == 0
+        assert await asyncio.to_thread(second.stop, 20) == 0 and not second.killed
 
 
 @pytest.fixture
@@ -140,15 +108,16 @@ async def test_stale_temp_work_dirs_are_removed_and_live_ones_kept(temp_root: Pa
     (outside / "sentinel").write_text("keep me")
     (temp_root / f"{TEMP_PREFIX}link").symlink_to(outside, target_is_directory=True)
     try:
-        async with train_process(server_env(tmp_path, TMPDIR=str(temp_root))) as server:
+        async with train_process(
+            server_env(tmp_path, TMPDIR=str(temp_root)), tmp_path / "train.log"
+        ) as server:
             assert not stale.exists()
             assert (outside / "sentinel").read_text() == "keep me"
             names = {p.name for p in temp_root.iterdir()}
             (own,) = names - {live.name, starting.name, f"{TEMP_PREFIX}link"}
             assert own.startswith(TEMP_PREFIX) and (temp_root / own / LOCK_FILE).is_file()
             assert try_lock(temp_root / own / LOCK_FILE) is None  # the server holds its own
-            server.process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(server.process.wait(), 20) == 0
+            assert await asyncio.to_thread(server.stop, 20) == 0 and not server.killed
         # A clean stop removes its own temp dir; the others are untouched.
         assert {p.name for p in temp_root.iterdir()} == {live.name, starting.name, f"{TEMP_PREFIX}link"}
         assert (live / LOCK_FILE).is_file()

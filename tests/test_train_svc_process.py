@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import train_pb2, train_pb2_grpc
 from scripts.local_aws import free_port
+from scripts.programs import start
 from sentiment.errors import ConfigError
 from train_svc.config import TrainConfig
 
@@ -51,23 +49,13 @@ async def test_module_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> Non
     env = {
         **os.environ,
         "STORE_URI": str(tmp_path / "store"),
-        "LISTEN_ADDR": "127.0.0.1:0",
         "METRICS_PORT": str(metrics_port),
         "WORK_DIR": str(tmp_path / "work"),
         "GRACE_S": "2",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "train_svc", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    assert process.stderr is not None
+    program = start("train_svc", env, tmp_path / "train_svc.log", port=0)
     try:
-        port = 0
-        async with asyncio.timeout(30):
-            while not port:
-                line = (await process.stderr.readline()).decode()
-                assert line, "train_svc exited before serving"
-                if found := re.search(r"serving on \S+ \(port (\d+)\)", line):
-                    port = int(found.group(1))
+        port = await program.wait_port(30)  # from its "serving on ... (port N)" line
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -83,11 +71,9 @@ async def test_module_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> Non
             assert b'train_jobs{state="QUEUED"} 0.0' in exposition
             assert b'train_stage{train_stage="idle"} 1.0' in exposition
 
-            process.send_signal(signal.SIGTERM)
+            program.terminate()
             update = await asyncio.wait_for(watch.read(), 10)
             assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert await asyncio.wait_for(process.wait(), 20) == 0
+        assert await asyncio.to_thread(program.wait, 20) == 0, program.log_text()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        program.kill()

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment.bundle import MANIFEST_FILE, read_local_bundle
+from sentiment.bundle import MANIFEST_FILE, PAYLOAD_FILES, PREPROCESSING_FILE, Manifest, read_local_bundle
 from tests.conftest import TINY_PARAMS
+from train_svc.network import length_batches
 from train_svc.params import Recipe
-from train_svc.trainer import length_batches, train
+from train_svc.trainer import train_model
 
 
 def test_tiny_model_learns_and_bundle_verifies(tiny_bundle_dir: Path) -> None:
@@ -25,7 +26,13 @@ def test_tiny_model_learns_and_bundle_verifies(tiny_bundle_dir: Path) -> None:
     # Every setting that shaped the model is on record.
     assert manifest["params"] == TINY_PARAMS.to_dict()
     assert manifest["recipe"] == Recipe().to_dict()
-    assert set(manifest["text"]) >= {"drop_stop_words", "emoticon_tokens", "number_token", "max_repeat"}
+    preprocessing = json.loads((tiny_bundle_dir / PREPROCESSING_FILE).read_text())
+    assert set(preprocessing["text"]) >= {"drop_stop_words", "emoticon_tokens", "number_token", "max_repeat"}
+    # The thresholds are stored once, in preprocessing.json (what serving uses); the format version once
+    # checked, in the manifest.
+    assert "thresholds" not in manifest and "text" not in manifest and manifest["format_version"] == 1
+    assert bundle.preprocessing.thresholds.label(0.5) == "NEUTRAL"
+    assert Manifest.from_dict(manifest) == bundle.manifest
     assert {"read_s", "word2vec_s", "fit_s", "tweets_per_s_per_epoch"} <= set(manifest["timings"])
     assert 1 <= manifest["epoch_kept"] <= manifest["epochs_run"] <= TINY_PARAMS.epochs
 
@@ -52,10 +59,14 @@ def test_length_batches_cover_every_row_once_and_group_similar_lengths() -> None
 
 def test_same_seed_same_model(dataset_file: Path, tmp_path: Path) -> None:
     params = TINY_PARAMS.with_overrides({"max_rows": 1000, "epochs": 2})
-    runs = [train(dataset_file, params, tmp_path / f"run{i}", progress=lambda event: None) for i in range(2)]
-    first, second = (run["metrics"] for run in runs)
+    runs = [train_model(dataset_file, params, tmp_path / f"run{i}", lambda event: None) for i in range(2)]
+    first, second = (run.metrics for run in runs)
     assert abs(first["accuracy"] - second["accuracy"]) <= 0.005, (first, second)
     assert abs(first["loss"] - second["loss"]) <= 0.005, (first, second)
+    # The trainer writes the payload and hands back its part of the manifest; manifest.json is written
+    # once, by whoever publishes the folder, with the checksums.
+    assert sorted(p.name for p in (tmp_path / "run0").iterdir()) == sorted(PAYLOAD_FILES)
+    assert runs[0].files == {} and runs[0].job_id == "" and runs[0].split["test"] == 200
 
 
 def test_ngram_linear_sums_the_weights_of_words_and_word_pairs(tmp_path: Path) -> None:

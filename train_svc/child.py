@@ -1,10 +1,11 @@
-"""The trainer in a child process: `trainer.train` runs under the 'spawn' start method and talks over a pipe.
+"""The trainer in a child process: `trainer.train_model` runs under the 'spawn' start method and talks over a pipe.
 
 TensorFlow holds the CPU and the GIL for minutes, so the server's event loop must not share a process with
-it. The child sends `("progress", event)` for each trainer event and ends with exactly one of
-`("done", "")`, `("cancelled", "")` or `("failed", reason)`. The parent asks it to stop by sending
-anything on the same (duplex) pipe; the child also stops when the parent's end closes, so an orphaned
-trainer does not run on after the server died.
+it. The child writes the bundle's payload files and sends `("progress", event)` for each trainer event,
+then exactly one of `("done", manifest)` (the trainer's part of the manifest, as `Manifest.to_dict`),
+`("cancelled", "")` or `("failed", reason)`. The parent asks it to stop by sending anything on the same
+(duplex) pipe; the child also stops when the parent's end closes, so an orphaned trainer does not run on
+after the server died.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from sentiment.bundle import Manifest
 from sentiment.dataset import DatasetLimits
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,38 @@ _TERMINATE_WAIT_S = 3.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a training child ended: exactly one of `succeeded`, `cancelled`, or a readable `error`."""
+    """How a training child ended: with the trainer's part of the manifest, `cancelled`, or a readable `error`."""
 
-    succeeded: bool = False
+    manifest: Manifest | None = None
     cancelled: bool = False
     error: str = ""
+
+
+class _Parent:
+    """The child's end of the pipe: progress goes out, and a stop request (or EOF) comes in."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._stop = False
+
+    def should_stop(self) -> bool:
+        # Readable means the parent asked to stop, or its end closed (EOF): either way, stop.
+        self._stop = self._stop or self._conn.poll()
+        return self._stop
+
+    def progress(self, event: dict[str, Any]) -> None:
+        try:
+            self._conn.send(("progress", event))
+        except OSError:
+            self._stop = True
+
+    def finish(self, message: tuple[str, Any]) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:
+            pass
+        finally:
+            self._conn.close()
 
 
 def child_main(
@@ -50,54 +79,39 @@ def child_main(
     MAX_DATASET_ROWS / MAX_DATASET_BYTES (see `sentiment.dataset.DatasetLimits`)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from sentiment.errors import SentimentError
     from sentiment.logs import setup_logging
-    from train_svc import trainer
-    from train_svc.params import TrainParams
 
     setup_logging(log_level)
-    stop = False
-
-    def should_stop() -> bool:
-        nonlocal stop
-        # Readable means the parent asked to stop, or its end closed (EOF): either way, stop.
-        stop = stop or conn.poll()
-        return stop
-
-    def progress(event: dict[str, Any]) -> None:
-        nonlocal stop
-        try:
-            conn.send(("progress", event))
-        except OSError:
-            stop = True
-
-    try:
-        trainer.train(
-            Path(dataset_path),
-            TrainParams(**params),
-            Path(out_dir),
-            progress,
-            should_stop,
-            limits=DatasetLimits(max_dataset_rows, max_dataset_bytes),
-        )
-        message: tuple[str, str] = ("done", "")
-    except trainer.Cancelled:
-        message = ("cancelled", "")
-    except SentimentError as exc:
-        message = ("failed", str(exc))
-    except Exception as exc:
-        log.exception("training failed")
-        message = ("failed", f"training failed: {type(exc).__name__}: {exc}")
-    try:
-        conn.send(message)
-    except OSError:
-        pass
-    finally:
-        conn.close()
+    parent = _Parent(conn)
+    limits = DatasetLimits(max_dataset_rows, max_dataset_bytes)
+    parent.finish(_train(parent, Path(dataset_path), params, Path(out_dir), limits))
     # Everything the parent needs is on disk or sent. A normal interpreter exit would wait on TensorFlow's
     # threads (a tf.data pipeline interrupted by a cancel can hold it for seconds), so leave at once.
     logging.shutdown()
     os._exit(0)
+
+
+def _train(
+    parent: _Parent, dataset_path: Path, params: dict[str, int], out_dir: Path, limits: DatasetLimits
+) -> tuple[str, Any]:
+    """Run the trainer; its final message to the parent."""
+    from sentiment.errors import SentimentError
+    from train_svc import trainer
+    from train_svc.network import Cancelled
+    from train_svc.params import TrainParams
+
+    try:
+        manifest = trainer.train_model(
+            dataset_path, TrainParams(**params), out_dir, parent.progress, parent.should_stop, limits=limits
+        )
+    except Cancelled:
+        return ("cancelled", "")
+    except SentimentError as exc:
+        return ("failed", str(exc))
+    except Exception as exc:
+        log.exception("training failed")
+        return ("failed", f"training failed: {type(exc).__name__}: {exc}")
+    return ("done", manifest.to_dict())
 
 
 class TrainingProcess:
@@ -182,7 +196,7 @@ class TrainingProcess:
                 self._stop_requested = False
                 self.request_stop()
             loop.add_reader(parent_conn.fileno(), on_readable)
-            final: tuple[str, str] | None = None
+            final: tuple[str, Any] | None = None
             while (message := await messages.get()) is not None:
                 kind, payload = message
                 if kind == "progress":
@@ -209,14 +223,14 @@ class TrainingProcess:
             parent_conn.close()
             child_conn.close()
 
-    def _outcome(self, final: tuple[str, str] | None, exitcode: int | None) -> Outcome:
+    def _outcome(self, final: tuple[str, Any] | None, exitcode: int | None) -> Outcome:
         if final is not None:
-            kind, reason = final
+            kind, payload = final
             if kind == "done":
-                return Outcome(succeeded=True)
+                return Outcome(manifest=Manifest.from_dict(payload))
             if kind == "cancelled":
                 return Outcome(cancelled=True)
-            return Outcome(error=reason or "training failed")
+            return Outcome(error=str(payload) or "training failed")
         if self._stop_requested:
             return Outcome(cancelled=True)
         if exitcode is not None and exitcode < 0:

@@ -7,7 +7,8 @@ from importlib import metadata
 
 from sentiment.config import Environ, env_float, env_int, env_str
 from sentiment.dataset import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DatasetLimits
-from sentiment.errors import ConfigError
+from sentiment.errors import ConfigError, InvalidInput
+from sentiment.store import check_location
 
 
 def package_version() -> str:
@@ -19,8 +20,10 @@ def package_version() -> str:
 
 
 def _check_uri(key: str, value: str) -> None:
-    if "://" in value and not value.startswith("s3://"):
-        raise ConfigError(f"{key}={value!r} must be s3://bucket/... or a local path")
+    try:
+        check_location(value, "the URI")
+    except InvalidInput as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sentiment.dataset import ReadStats, iter_tweets
 from sentiment.errors import InvalidDataset, InvalidInput, TooLarge
-from sentiment.store import fetch_uri, split_s3_uri
+from sentiment.store import check_location, fetch_uri, split_s3_uri
 
 # How many rows the parent reads before paying for a child: enough to tell "not Sentiment140" at once.
 _PROBE_TWEETS = 1000
@@ -18,12 +18,10 @@ def validate_dataset_uri(uri: str) -> str:
     """`uri` when it names an S3 object or a local path; InvalidInput otherwise."""
     if not uri:
         raise InvalidInput("dataset_uri is required (this server has no default DATASET_URI)")
-    if uri.startswith("s3://"):
+    if check_location(uri, "dataset_uri").startswith("s3://"):
         _bucket, key = split_s3_uri(uri)
         if not key or key.endswith("/"):
             raise InvalidInput(f"dataset_uri {uri!r} names no object (expected s3://bucket/key)")
-    elif "://" in uri:
-        raise InvalidInput(f"unsupported dataset_uri scheme: {uri!r} (use s3://bucket/key or a local path)")
     return uri
 
 

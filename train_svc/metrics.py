@@ -1,18 +1,23 @@
-"""Prometheus metrics of train_svc: jobs by state, job duration, the running job's stage."""
+"""Prometheus metrics of train_svc: jobs by state, job duration, the running job's stage.
+
+The registry is this server instance's own (tests run several servers in one process); `server.py` serves
+it through `sentiment.metrics.MetricsEndpoint`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
-STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-STAGES = ("idle", "download", "read", "word2vec", "fit", "evaluate", "publish")
+from train_svc.job import JobState, Stage
+
+IDLE = "idle"  # no job running
+STAGES = (IDLE, *(stage.value for stage in Stage))
 
 
 class TrainMetrics:
-    """One registry per server (tests run several servers in one process); served when `port` > 0."""
+    """The metrics of one server, in their own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -39,25 +44,15 @@ class TrainMetrics:
             ["rpc"],
             registry=self.registry,
         )
-        self.stage.state("idle")
-        self._http: Any = None
+        self.stage.state(IDLE)
 
-    def set_job_counts(self, states: Iterable[str]) -> None:
-        counts = dict.fromkeys(STATES, 0)
+    def set_job_counts(self, states: Iterable[JobState]) -> None:
+        counts = dict.fromkeys(JobState, 0)
         for state in states:
-            counts[state] = counts.get(state, 0) + 1
+            counts[state] += 1
         for state, count in counts.items():
-            self.jobs.labels(state=state).set(count)
+            self.jobs.labels(state=state.value).set(count)
 
-    def set_stage(self, stage: str) -> None:
-        self.stage.state(stage if stage in STAGES else "idle")
-
-    def serve(self, port: int) -> None:
-        if port > 0:
-            self._http, _thread = start_http_server(port, registry=self.registry)
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+    def set_stage(self, stage: Stage | None) -> None:
+        """The running job's stage; None: no job is running."""
+        self.stage.state(IDLE if stage is None else stage.value)

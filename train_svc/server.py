@@ -4,59 +4,82 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health
 
 from protos import train_pb2_grpc
 from sentiment import rpc
+from sentiment.lifecycle import Grace, Lifecycle
+from sentiment.metrics import MetricsEndpoint
 from sentiment.store import ArtifactStore, open_store
 from train_svc.config import TrainConfig, package_version
-from train_svc.jobs import JobRunner
 from train_svc.metrics import TrainMetrics
-from train_svc.servicer import SERVICE_NAME, TrainServiceServicer
+from train_svc.runner import JobRunner
+from train_svc.servicer import SERVICE_NAME, TrainService
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class TrainServer:
     """A started server; `port` is the bound port (useful with LISTEN_ADDR host:0)."""
 
-    def __init__(
-        self,
-        server: grpc.aio.Server,
-        port: int,
-        health_servicer: health.aio.HealthServicer,
-        runner: JobRunner,
-        store: ArtifactStore,
-        metrics: TrainMetrics,
-    ) -> None:
-        self.port = port
-        self.runner = runner
-        self.store = store
-        self.metrics = metrics
-        self._server = server
-        self._health = health_servicer
-        self._stopped = False
+    port: int
+    runner: JobRunner
+    store: ArtifactStore
+    metrics: TrainMetrics
+    lifecycle: Lifecycle
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING; stop taking calls (in-flight ones get `grace_s`) while the running job is cancelled
-        and recorded, so watchers see it end; then close the store. Safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        await rpc.set_serving(self._health, [SERVICE_NAME], False)
-        await asyncio.gather(self._server.stop(grace_s), self.runner.aclose())
-        await self.store.aclose()
-        self.metrics.close()
-        log.info("train_svc stopped")
+        and recorded, so watchers see it end; then close the metrics endpoint and the store. Safe twice."""
+        await self.lifecycle.stop(grace_s)
 
 
 async def start_server(config: TrainConfig) -> TrainServer:
-    """Open the store, load recorded jobs, bind and start; health turns SERVING once all of that is done."""
-    store = await open_store(config.store_uri)
-    metrics = TrainMetrics()
-    runner = JobRunner(
+    """Open the store, load recorded jobs, bind and start; health turns SERVING once all of that is done.
+
+    Each resource's release is pushed on one AsyncExitStack as it is acquired, so a start that fails
+    part-way (WORK_DIR held by another server, port or metrics port taken) and a stop unwind the same way.
+    """
+    async with AsyncExitStack() as stack:
+        grace = Grace()
+        store = await open_store(config.store_uri)
+        stack.push_async_callback(store.aclose)
+        metrics = TrainMetrics()
+        endpoint = MetricsEndpoint(metrics.registry, config.metrics_port)
+        stack.callback(endpoint.close)
+        runner = _runner(config, store, metrics)
+        stack.push_async_callback(runner.aclose)
+        await runner.start()
+        server = grpc.aio.server(
+            options=rpc.server_options(config.max_message_bytes),
+            interceptors=[rpc.UndecodableRequests(lambda name: metrics.invalid_requests.labels(name).inc())],
+        )
+
+        async def stop_serving() -> None:
+            # A WatchJob stream ends only when its job does: the job is cancelled during the grace, not after.
+            await asyncio.gather(server.stop(grace.seconds), runner.aclose())
+
+        stack.push_async_callback(stop_serving)
+        train_pb2_grpc.add_TrainServiceServicer_to_server(
+            TrainService(runner, store, config.auth_token), server
+        )
+        health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
+        port = rpc.bind(server, config.listen_addr)
+        await server.start()
+        endpoint.start()
+        await rpc.set_serving(health_servicer, [SERVICE_NAME], True)
+        log.info("train_svc serving on %s (port %d), store %s", config.listen_addr, port, store.uri)
+        lifecycle = Lifecycle("train_svc", health_servicer, grace, stack.pop_all())
+        return TrainServer(port, runner, store, metrics, lifecycle)
+    raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
+
+
+def _runner(config: TrainConfig, store: ArtifactStore, metrics: TrainMetrics) -> JobRunner:
+    return JobRunner(
         store,
         work_dir=config.work_dir,
         default_dataset_uri=config.dataset_uri,
@@ -67,29 +90,6 @@ async def start_server(config: TrainConfig) -> TrainServer:
         dataset_limits=config.dataset_limits,
         max_queued_jobs=config.max_queued_jobs,
     )
-    server: grpc.aio.Server | None = None
-    try:
-        await runner.start()
-        server = grpc.aio.server(
-            options=rpc.server_options(config.max_message_bytes),
-            interceptors=[rpc.UndecodableRequests(lambda name: metrics.invalid_requests.labels(name).inc())],
-        )
-        train_pb2_grpc.add_TrainServiceServicer_to_server(
-            TrainServiceServicer(runner, store, config.auth_token), server
-        )
-        health_servicer = await rpc.add_health_and_reflection(server, [SERVICE_NAME])
-        port = rpc.bind(server, config.listen_addr)
-        await server.start()
-        metrics.serve(config.metrics_port)
-    except BaseException:
-        if server is not None:
-            await server.stop(0)
-        await runner.aclose()
-        await store.aclose()
-        raise
-    await rpc.set_serving(health_servicer, [SERVICE_NAME], True)
-    log.info("train_svc serving on %s (port %d), store %s", config.listen_addr, port, store.uri)
-    return TrainServer(server, port, health_servicer, runner, store, metrics)
 
 
 async def serve(config: TrainConfig) -> None:

@@ -12,8 +12,9 @@ from protos import common_pb2, train_pb2, train_pb2_grpc
 from sentiment.errors import Unauthenticated
 from sentiment.rpc import map_errors, metrics_to_proto, model_info
 from sentiment.store import ArtifactStore
-from train_svc import models
-from train_svc.jobs import Job, JobRunner, TrainRequest
+from train_svc import registry
+from train_svc.job import Job, TrainRequest
+from train_svc.runner import JobRunner
 
 SERVICE_NAME = train_pb2.DESCRIPTOR.services_by_name["TrainService"].full_name
 PARAM_FIELDS = tuple(f.name for f in train_pb2.TrainParams.DESCRIPTOR.fields)
@@ -31,7 +32,7 @@ def job_to_proto(job: Job) -> train_pb2.TrainJob:
     return train_pb2.TrainJob(
         job_id=job.job_id,
         state=train_pb2.JobState.Value(job.state.value),
-        stage=job.stage,
+        stage=job.stage.value,
         epoch=job.epoch,
         epochs=job.epochs,
         loss=job.loss,
@@ -53,11 +54,12 @@ def job_to_proto(job: Job) -> train_pb2.TrainJob:
     )
 
 
-def model_to_proto(model: models.PublishedModel) -> common_pb2.ModelInfo:
-    return model_info(model.version, model.manifest, model.current)
+def model_to_proto(model: registry.PublishedModel) -> common_pb2.ModelInfo:
+    return model_info(model.version, model.manifest, model.preprocessing, model.current)
 
 
-class TrainServiceServicer(train_pb2_grpc.TrainServiceServicer):
+# The generated base class is untyped (protos/ is not type-checked), so mypy sees it as Any.
+class TrainService(train_pb2_grpc.TrainServiceServicer):  # type: ignore[misc]
     """Reads are open; Train, CancelJob and PromoteModel need the bearer token when one is configured."""
 
     def __init__(self, runner: JobRunner, store: ArtifactStore, auth_token: str = "") -> None:
@@ -121,7 +123,7 @@ class TrainServiceServicer(train_pb2_grpc.TrainServiceServicer):
     async def ListModels(
         self, request: train_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> train_pb2.ListModelsResponse:
-        published, current = await models.list_models(self._store)
+        published, current = await registry.list_models(self._store)
         return train_pb2.ListModelsResponse(
             models=[model_to_proto(m) for m in published], current_version=current
         )
@@ -131,4 +133,4 @@ class TrainServiceServicer(train_pb2_grpc.TrainServiceServicer):
         self, request: train_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ModelInfo:
         self._authorize(context)
-        return model_to_proto(await models.promote(self._store, request.version.strip()))
+        return model_to_proto(await registry.promote(self._store, request.version.strip()))

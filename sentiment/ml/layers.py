@@ -17,7 +17,7 @@ BIGRAM_MULTIPLIER = 1_000_003
 
 
 @keras.saving.register_keras_serializable(package="sentiment")
-class NGramLinear(keras.layers.Layer):
+class NGramLinear(keras.layers.Layer):  # type: ignore[misc]  # keras ships no types
     """A linear model over a tweet's words and word pairs: token ids [batch, time] -> logit [batch, 1].
 
     Each token id and each pair of neighbouring ids hashes into one of `buckets` weights (the hashing

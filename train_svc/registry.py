@@ -1,13 +1,15 @@
-"""The model registry as the store records it: published versions, their manifests, the CURRENT pointer."""
+"""The model registry as the store records it: published versions, what each one says of itself (its
+manifest and preprocessing.json, where the thresholds are), and the CURRENT pointer. `promote` is the one
+way train_svc makes a version CURRENT, for PromoteModel and for a job's `promote` alike."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from sentiment import bundle
+from sentiment.bundle import Manifest, Preprocessing
 from sentiment.errors import BundleError
 from sentiment.names import check_version
 from sentiment.store import ArtifactStore
@@ -18,7 +20,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PublishedModel:
     version: str
-    manifest: dict[str, Any]
+    manifest: Manifest
+    preprocessing: Preprocessing
     current: bool
 
 
@@ -32,18 +35,19 @@ async def _current_or_none(store: ArtifactStore) -> str | None:
 
 
 async def list_models(store: ArtifactStore) -> tuple[list[PublishedModel], str]:
-    """Every published version (newest first) with its manifest, and the current version ("" if none)."""
+    """Every published version (newest first) whose manifest and preprocessing read, and the current
+    version ("" if none); one that does not read is logged and left out."""
     versions, current = await asyncio.gather(bundle.list_versions(store), _current_or_none(store))
     limit = asyncio.Semaphore(16)
 
     async def read(version: str) -> PublishedModel | None:
         async with limit:
             try:
-                manifest = await bundle.read_manifest(store, version)
+                manifest, preprocessing = await bundle.read_published(store, version)
             except BundleError as exc:
                 log.warning("skipping model %s: %s", version, exc, extra={"model_version": version})
                 return None
-        return PublishedModel(version, manifest, version == current)
+        return PublishedModel(version, manifest, preprocessing, version == current)
 
     models = [m for m in await asyncio.gather(*(read(v) for v in versions)) if m is not None]
     return models, current or ""
@@ -51,9 +55,10 @@ async def list_models(store: ArtifactStore) -> tuple[list[PublishedModel], str]:
 
 async def promote(store: ArtifactStore, version: str) -> PublishedModel:
     """Make a published version CURRENT; InvalidInput for a name that is not a version (`check_version`),
-    NotFound for a version the store does not hold."""
+    NotFound for a version the store does not hold, BundleError for one whose manifest or preprocessing
+    does not read."""
     version = check_version(version)
-    manifest = await bundle.read_manifest(store, version)
+    manifest, preprocessing = await bundle.read_published(store, version)
     await bundle.set_current(store, version)
     log.info("model %s promoted", version, extra={"model_version": version})
-    return PublishedModel(version, manifest, True)
+    return PublishedModel(version, manifest, preprocessing, True)

@@ -1,17 +1,22 @@
-"""The prediction path without gRPC: validate texts, queue them in the batcher, score them with the model."""
+"""The prediction path without gRPC: validate texts, queue them in the batcher, score them with the model.
+
+Labels come from the model (`LoadedModel.predict_texts`, which applies the bundle's thresholds); this module
+decides what is admitted: text sizes, batch sizes, and (through the batcher) deadlines and overload.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-from model_svc import metrics
 from model_svc.batcher import Batcher
-from model_svc.model import LoadedModel, Scored
+from model_svc.metrics import ModelMetrics
+from model_svc.model import LoadedModel
 from sentiment.errors import DeadlineExpired, InvalidInput, ModelNotReady
+from sentiment.prediction import Prediction
 
 
-class Predictor:
+class Inference:
     """Holds the model now serving; `swap` replaces it in one assignment (batches in flight keep theirs).
 
     Each batch reads `self.model` once, so every result carries the version that computed it.
@@ -20,17 +25,20 @@ class Predictor:
     def __init__(
         self,
         max_text_chars: int,
-        max_batch_texts: int,
-        batch_max_size: int,
+        predict_batch_max_texts: int,
+        batch_max_texts: int,
         batch_max_wait_s: float,
         queue_max_texts: int,
+        metrics: ModelMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or ModelMetrics()
+        self.metrics.queue_texts.set_function(lambda: self.batcher.queued)
         self.max_text_chars = max_text_chars
-        self.max_batch_texts = max_batch_texts
+        self.predict_batch_max_texts = predict_batch_max_texts
         self.model: LoadedModel | None = None
-        self.batcher: Batcher[str, Scored] = Batcher(
+        self.batcher: Batcher[str, Prediction] = Batcher(
             self._run_batch,
-            batch_max_size,
+            batch_max_texts,
             batch_max_wait_s,
             max_queued=queue_max_texts,
             name="inference",
@@ -64,41 +72,43 @@ class Predictor:
         if self.model is None:
             raise ModelNotReady("no model loaded")
 
-    async def predict(self, text: str, deadline: float | None = None) -> Scored:
+    async def predict(self, text: str, deadline: float | None = None) -> Prediction:
         """Score one text. `deadline` is on the time.monotonic() clock; past it the text is not computed."""
         self.check_text(text)
         self._ready()
         try:
             return await self.batcher.submit(text, deadline)
         except DeadlineExpired:
-            metrics.EXPIRED.inc()
+            self.metrics.expired.inc()
             raise
 
-    async def predict_batch(self, texts: Sequence[str], deadline: float | None = None) -> list[Scored]:
+    async def predict_batch(self, texts: Sequence[str], deadline: float | None = None) -> list[Prediction]:
         """Score many texts, one result each in order; all are admitted to the queue or none."""
         if not texts:
             raise InvalidInput("texts is empty: send at least one text")
-        if len(texts) > self.max_batch_texts:
-            raise InvalidInput(f"{len(texts)} texts, more than the limit of {self.max_batch_texts} a call")
+        if len(texts) > self.predict_batch_max_texts:
+            raise InvalidInput(
+                f"{len(texts)} texts, more than the limit of {self.predict_batch_max_texts} a call"
+            )
         for i, text in enumerate(texts):
             self.check_text(text, f"texts[{i}]")
         self._ready()
         try:
             return await self.batcher.submit_many(texts, deadline)
         except DeadlineExpired:
-            metrics.EXPIRED.inc(len(texts))
+            self.metrics.expired.inc(len(texts))
             raise
 
-    def _run_batch(self, texts: list[str]) -> list[Scored]:
+    def _run_batch(self, texts: list[str]) -> list[Prediction]:
         """The batcher's function, on the inference thread."""
         model = self.model
         if model is None:  # pragma: no cover - submit checks first and a model is never unloaded
             raise ModelNotReady("no model loaded")
         started = time.perf_counter()
         results = model.predict_texts(texts)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.observe(len(texts))
-        metrics.TEXTS.inc(len(texts))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_texts.observe(len(texts))
+        self.metrics.texts.inc(len(texts))
         self.texts_computed += len(texts)
         self.batches_run += 1
         return results

@@ -1,0 +1,1 @@
+"""Deploy artifacts, by subject: images, Kubernetes manifests and their NetworkPolicies, the GitLab pipeline."""
