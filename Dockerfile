@@ -49,6 +49,12 @@ WORKDIR /app
 # Shared code: the library (its Keras part, sentiment/ml, only where TensorFlow is) and the committed stubs.
 COPY sentiment/*.py /app/sentiment/
 COPY protos/ /app/protos/
+# The build, as each program reports it (`<program>_build_info`, train_svc's manifests): CI passes the
+# image tag and the commit.
+ARG CODE_VERSION=unknown
+ARG CODE_REVISION=unknown
+ENV CODE_VERSION=${CODE_VERSION} \
+    CODE_REVISION=${CODE_REVISION}
 LABEL org.opencontainers.image.title="tweet-sentiment" \
       org.opencontainers.image.description="Tweet sentiment: train, serve and stream over async gRPC"
 
@@ -58,9 +64,6 @@ COPY --from=deps-train /opt/venv /opt/venv
 COPY sentiment/ml/ /app/sentiment/ml/
 COPY train_svc/ /app/train_svc/
 RUN python -m compileall -q /app
-# Recorded in each model's manifest.json (CI passes the release tag).
-ARG CODE_VERSION=unknown
-ENV CODE_VERSION=${CODE_VERSION}
 USER 10001:10001
 EXPOSE 50051 8001
 ENTRYPOINT ["python", "-m", "train_svc"]

@@ -1,13 +1,19 @@
 # Every target is one line; CI (.ci/run, .gitlab-ci.yml) calls these same targets.
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+PROMTOOL := .venv/bin/promtool
 
-.PHONY: setup protos lint typecheck test demo up down bench bench-train bench-predict bench-stream clean
+.PHONY: setup tools protos lint typecheck test demo up down bench bench-train bench-predict bench-stream bench-report clean
 
 setup: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml constraints.txt
 	python3.11 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -c constraints.txt -e '.[dev]' && touch $(VENV_STAMP)
+
+tools: $(PROMTOOL)
+
+$(PROMTOOL): | $(VENV_STAMP)
+	bash scripts/install_promtool.sh $@
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/*.proto
@@ -18,7 +24,7 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
-test: setup
+test: setup tools
 	$(PY) -m pytest -q
 
 demo: setup
@@ -40,6 +46,9 @@ bench-predict: setup
 
 bench-stream: setup
 	$(PY) -m benchmarks.bench_stream
+
+bench-report: setup
+	$(PY) -m benchmarks.bench_report
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache .pytest_cache

@@ -1,19 +1,18 @@
-"""Predict benchmark: what model_svc serves against the model's own in-process speed and the RPC ceiling.
+"""Predict benchmark: model_svc beside MLServer 1.7.1 on the same bundle and tweets, and on 1 and 2 cores.
 
-One run, one bundle trained on ../shared/data/sentiment140_sample.csv.gz (modest params, cached under
-var/bench/predict/; or `--bundle DIR`), real tweet texts from that file:
+One run, everything but the server held fixed: the default model trained on
+../shared/data/sentiment140_sample.csv.gz (trained once, ~5 min, cached under var/bench/predict/; or
+`--bundle DIR`), the same 20,000 real tweet texts, the same load generator (spawned processes, no
+TensorFlow, their own connections), and MLServer serving that bundle through a runtime that calls
+model_svc's own `LoadedModel.predict_texts` (benchmarks/mlserver_runtime.py), adaptive batching off and on.
 
-1. naive in-process Keras `model.predict` per tweet (what the original REST API did);
-2. in-process compiled tf.function (the server's own path: tokenize, group by length, score) at batch
-   1, 64 and 512;
-3. gRPC Predict from async clients at concurrency 1, 16, 64;
-4. gRPC PredictBatch of 64 and 256 texts at concurrency 4;
-5. a no-op RPC on the same server (health Check; GetModel through the PredictService servicer) at
-   concurrency 64.
+Servers on one core run on CPU 0 with the load generator on CPU 1; on two cores they have both, and the load
+generator shares them (this machine has two). Every server and line is measured once per pass, passes
+interleaved (the servers' order rotates), and each figure is the median of the passes; the spread is printed.
+In-process lines run in a process of their own on CPU 0. At the end every server's scores for the same
+texts are compared with the in-process ones. Writes benchmarks/results/predict.json.
 
-The server is `python -m model_svc` in its own process and the load generators run in their own
-processes (spawned, no TensorFlow in them). Prints a table and the target ratios and writes
-benchmarks/results/predict.json. `python -m benchmarks.bench_predict [--bundle DIR] [--duration 4]`
+`python -m benchmarks.bench_predict [--bundle DIR] [--duration 4] [--passes 3]` (= `make bench-predict`)
 """
 
 from __future__ import annotations
@@ -21,54 +20,112 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import predict_local, predict_report
 from benchmarks.common import RESULTS_DIR, ROOT, machine, train_bundle, utc_now, write_results
-from benchmarks.predict_grpc import row, serve_lines
+from benchmarks.peers import MLServerPeer, ModelSvcPeer, tree_memory_mib
+from benchmarks.predict_grpc import LINES, grpc_line, served_scores, warm_worker
 
 DATASET = ROOT.parent / "shared" / "data" / "sentiment140_sample.csv.gz"
 CACHE = ROOT / "var" / "bench" / "predict"
 RESULTS = RESULTS_DIR / "predict.json"
+ONE, OTHER, BOTH = {0}, {1}, {0, 1}
+IN_PROCESS_BATCHES = [1, 64, 128, 256, 512, 1024]
+SCALING_LINES = ["Predict c=64", "PredictBatch 64 c=4", "PredictBatch 256 c=4", "no-op c=64"]
+CHECK_TEXTS = 512
+# MLServer's adaptive batching: up to 64 requests (c=64 unary; 4 x 256 texts at c=4) or 2 ms, as
+# model_svc's own INFERENCE_BATCH_MAX_WAIT_S... was before this benchmark; 10 ms is the other setting tried.
+ADAPTIVE = {"max_batch_size": 64, "max_batch_time": 0.002}
+ADAPTIVE_10MS = {"max_batch_size": 64, "max_batch_time": 0.01}
+ONE_CORE_ENV = {"WORKERS": "1", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1"}
 
-# Modest: trains in about a minute on two cores, a realistic size for serving figures.
-BENCH_PARAMS = {
-    "max_rows": 40000,
-    "epochs": 2,
-    "batch_size": 512,
-    "sequence_length": 40,
-    "embedding_dim": 100,
-    "w2v_epochs": 3,
-    "w2v_min_count": 3,
-    "lstm_units": 64,
-}
+
+@dataclass
+class Config:
+    """One server setting: how to start it, the CPUs it and the load generator get, the lines it runs."""
+
+    name: str
+    start: Callable[[], Any]
+    cores: int
+    load_cpus: set[int]
+    lines: list[str]
+    mlserver: bool = False
+
+
+def configs(store: Path, bundle: Path) -> list[Config]:
+    everything = [line[0] for line in LINES]
+
+    def svc(name: str, cpus: set[int], env: dict[str, str]) -> Callable[[], Any]:
+        return lambda: ModelSvcPeer(name, store, cpus, env)
+
+    def mls(name: str, cpus: set[int], adaptive: dict[str, float] | None, workers: int) -> Callable[[], Any]:
+        return lambda: MLServerPeer(name, bundle, cpus, adaptive, workers)
+
+    return [
+        Config("model_svc", svc("model_svc", ONE, ONE_CORE_ENV), 1, OTHER, everything),
+        Config("MLServer", mls("MLServer", ONE, None, 1), 1, OTHER, everything, True),
+        Config("MLServer adaptive 2ms", mls("MLServer a2", ONE, ADAPTIVE, 1), 1, OTHER, everything, True),
+        Config(
+            "MLServer adaptive 10ms", mls("MLServer a10", ONE, ADAPTIVE_10MS, 1), 1, OTHER, everything, True
+        ),
+        Config(
+            "model_svc 2 workers",
+            svc("model_svc w2", BOTH, {**ONE_CORE_ENV, "WORKERS": "2"}),
+            2,
+            BOTH,
+            SCALING_LINES,
+        ),
+        Config(
+            "model_svc 1 worker, 2 TF threads",
+            svc("model_svc w1t2", BOTH, {**ONE_CORE_ENV, "TF_INTRA_OP_THREADS": "2"}),
+            2,
+            BOTH,
+            SCALING_LINES,
+        ),
+        Config(
+            "MLServer adaptive 2ms, 2 workers",
+            mls("MLServer a2 w2", BOTH, ADAPTIVE, 2),
+            2,
+            BOTH,
+            SCALING_LINES,
+            True,
+        ),
+    ]
 
 
 def ensure_bundle(bundle: Path | None) -> Path:
-    """`bundle` if given, else the cached bench bundle, (re)trained when missing or older than the recipe."""
+    """`bundle` if given, else the default model trained on the sample (cached; retrained when the recipe or
+    the default parameters changed)."""
     if bundle is not None:
         return bundle
-    from train_svc.params import DEFAULT_RECIPE
+    from train_svc.params import DEFAULT_RECIPE, TrainParams
 
-    cached = CACHE / "bundle"
+    cached = CACHE / "default"
     if (cached / "manifest.json").is_file():
         manifest = json.loads((cached / "manifest.json").read_text())
-        if manifest.get("recipe") == DEFAULT_RECIPE.to_dict():
+        wanted = (DEFAULT_RECIPE.to_dict(), TrainParams().to_dict())
+        if (manifest.get("recipe"), manifest.get("params")) == wanted:
             return cached
-        print("the cached benchmark bundle predates the current recipe: retraining", flush=True)
+        print("the cached benchmark bundle predates the default recipe: retraining", flush=True)
         shutil.rmtree(cached)
     if not DATASET.is_file():
         raise SystemExit(f"{DATASET} is missing: pass --bundle DIR")
-    print(f"training a benchmark bundle on {DATASET.name} (cached in {cached}) ...", flush=True)
-    started = time.monotonic()
-    tmp = CACHE / "bundle.tmp"
-    train_bundle(DATASET, tmp, BENCH_PARAMS)
+    print(f"training the default model on {DATASET.name} (~5 min, cached in {cached}) ...", flush=True)
+    tmp = CACHE / "default.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_bundle(DATASET, tmp, {})
     tmp.rename(cached)
-    print(f"  trained in {time.monotonic() - started:.0f}s", flush=True)
     return cached
 
 
@@ -79,130 +136,161 @@ def read_texts(n: int) -> list[str]:
     return [t for t in texts if t.strip()]
 
 
-# --- 1 and 2: in process ---------------------------------------------------------------------------
+def bench_store(bundle_dir: Path) -> Path:
+    """A fresh local store whose CURRENT version is the bundle (as `bench`)."""
+    import tempfile
+
+    store = Path(tempfile.mkdtemp(prefix="bench-predict-")) / "store"
+    shutil.copytree(bundle_dir, store / "models" / "bench")
+    (store / "models" / "CURRENT").write_text("bench")
+    return store
 
 
-def naive_line(model: Any, texts: list[str], seconds: float) -> dict[str, Any]:
-    """1: Keras `model.predict` per tweet, as the original REST API did (at most 200 calls)."""
-    from sentiment.text import encode, tokenize
-
-    preprocessing = model.bundle.preprocessing
-    latencies = []
-    started = time.perf_counter()
-    naive_n = 0
-    while time.perf_counter() - started < seconds and naive_n < 200:
-        text = texts[naive_n % len(texts)]
-        t0 = time.perf_counter()
-        ids = encode(
-            [tokenize(text, preprocessing.text)], model.bundle.vocabulary, preprocessing.sequence_length
-        )
-        model.keras_model.predict(ids, verbose=0)
-        latencies.append(time.perf_counter() - t0)
-        naive_n += 1
-    return row("1. in-process model.predict per tweet", naive_n, time.perf_counter() - started, latencies)
+async def start_all(plan: list[Config]) -> dict[str, Any]:
+    peers: dict[str, Any] = {}
+    for config in plan:
+        peers[config.name] = config.start()
+    for name, peer in peers.items():
+        seconds = await peer.wait_ready()
+        print(f"  {name}: ready in {seconds:.1f}s", flush=True)
+    return peers
 
 
-def batched_line(model: Any, texts: list[str], seconds: float, batch: int) -> dict[str, Any]:
-    """2: the server's own path (tokenize, group by length, compiled tf.function) on batches of `batch`."""
-    latencies, done, offset = [], 0, 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        chunk = texts[offset : offset + batch]
-        offset = (offset + batch) % (len(texts) - batch)
-        t0 = time.perf_counter()
-        model.predict_texts(chunk)
-        latencies.append(time.perf_counter() - t0)
-        done += len(chunk)
-    return row(f"2. in-process tf.function, batch {batch}", done, time.perf_counter() - started, latencies)
-
-
-def in_process(bundle_dir: Path, texts: list[str], seconds: float) -> list[dict[str, Any]]:
-    from model_svc.model import LoadedModel
-    from sentiment.bundle import read_local_bundle
-
-    model = LoadedModel(read_local_bundle(bundle_dir, "bench"))
-    model.warm()
-    return [
-        naive_line(model, texts, seconds),
-        *(batched_line(model, texts, seconds, b) for b in (1, 64, 512)),
-    ]
-
-
-def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {r["name"]: r for r in rows}
-    line1 = by["1. in-process model.predict per tweet"]["tweets_per_s"]
-    line2_512 = by["2. in-process tf.function, batch 512"]["tweets_per_s"]
-    predict64 = by["3. gRPC Predict, concurrency 64"]["tweets_per_s"]
-    best_batch = max(by[f"4. gRPC PredictBatch of {n}, concurrency 4"]["tweets_per_s"] for n in (64, 256))
-    noop = by["5. no-op health Check, concurrency 64"]["tweets_per_s"]
-    p50_c1 = by["3. gRPC Predict, concurrency 1"]["p50_ms"]
-    checks = {
-        "PredictBatch >= 0.8 x in-process batch 512": (best_batch / line2_512, 0.8),
-        "Predict@64 >= 0.5 x no-op@64": (predict64 / noop, 0.5),
-        "Predict@64 >= 100 x model.predict per tweet": (predict64 / line1, 100.0),
-    }
-    out: dict[str, Any] = {
-        name: {"ratio": round(value, 2), "target": target, "met": value >= target}
-        for name, (value, target) in checks.items()
-    }
-    out["Predict p50 @ concurrency 1 <= 5 ms"] = {"ms": p50_c1, "target": 5.0, "met": p50_c1 <= 5.0}
+async def one_pass(
+    index: int,
+    plan: list[Config],
+    peers: dict[str, Any],
+    pool: ProcessPoolExecutor,
+    texts: list[str],
+    args: Any,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every line once on every config that runs it: line by line, so the figures a ratio compares are
+    measured back to back, in an order of configs rotated by `index`."""
+    out: dict[str, dict[str, dict[str, Any]]] = {config.name: {} for config in plan}
+    order = plan[index % len(plan) :] + plan[: index % len(plan)]
+    for line in LINES:
+        for config in (c for c in order if line[0] in c.lines):
+            result = await asyncio.to_thread(
+                grpc_line,
+                pool,
+                peers[config.name],
+                line,
+                args.duration,
+                texts,
+                args.load_procs,
+                config.load_cpus,
+            )
+            out[config.name][line[0]] = result
+            print(
+                f"  pass {index + 1} {line[0]:22} {config.name:34} {result['tweets_per_s']:>9.0f}/s "
+                f"p50 {result['p50_ms']:7.2f} ms  batch {result.get('mean_batch', '-')}",
+                flush=True,
+            )
     return out
 
 
-def print_table(result: dict[str, Any]) -> None:
-    print()
-    print(f"{'line':48} {'tweets/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5}")
-    for r in result["rows"]:
-        print(
-            f"{r['name']:48} {r['tweets_per_s']:>10.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r.get('mean_batch', ''):>6} {r.get('inference_busy', ''):>5}"
-        )
-    print()
-    for name, check in result["ratios"].items():
-        value = f"{check['ratio']}x" if "ratio" in check else f"{check['ms']} ms"
-        print(f"{'MET ' if check['met'] else 'MISS'} {name}: {value}")
-    print(
-        f"process start -> SERVING {result['start_to_serving_s']} s; server RSS after load "
-        f"{result['memory_after_load_mib']['rss_mib']} MiB, after the run "
-        f"{result['memory_after_benchmark_mib']['rss_mib']} MiB (peak "
-        f"{result['memory_after_benchmark_mib']['peak_rss_mib']} MiB); SIGTERM exit {result['sigterm_exit_code']}"
-    )
+async def check_scores(
+    plan: list[Config], peers: dict[str, Any], local: ProcessPoolExecutor, texts: list[str]
+) -> dict[str, float]:
+    """max |served - in-process| over the same texts, for every server."""
+    reference = local.submit(predict_local.scores, texts).result()
+    out = {}
+    for config in plan:
+        served = await served_scores(peers[config.name].target, texts)
+        assert len(served) == len(reference), f"{config.name}: {len(served)} scores for {len(texts)} texts"
+        out[config.name] = max(abs(a - b) for a, b in zip(served, reference, strict=True))
+    return out
+
+
+def median_rows(passes: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per config and line: the median of each figure over the passes, and the throughput's spread."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for config, lines in passes[0].items():
+        out[config] = {}
+        for line in lines:
+            runs = [p[config][line] for p in passes]
+            merged = {
+                k: statistics.median(r[k] for r in runs)
+                for k, v in runs[0].items()
+                if isinstance(v, int | float)
+            }
+            rates = [r["tweets_per_s"] for r in runs]
+            merged["spread"] = round((max(rates) - min(rates)) / max(statistics.median(rates), 1e-9), 3)
+            out[config][line] = {"name": line, **merged}
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    bundle = ensure_bundle(args.bundle)
+    texts = read_texts(args.texts)
+    print(f"{len(texts)} tweets from {DATASET.name}; bundle {bundle}", flush=True)
+    store = bench_store(bundle)
+    plan = configs(store, bundle)
+    context = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(max_workers=1, mp_context=context) as local,
+        ProcessPoolExecutor(max_workers=args.load_procs, mp_context=context) as pool,
+    ):
+        fused = local.submit(predict_local.init, bundle, ONE).result()
+        for future in [pool.submit(warm_worker) for _ in range(args.load_procs)]:
+            future.result()
+        peers = await start_all(plan)
+        memory = {name: tree_memory_mib(peer.pids()) for name, peer in peers.items()}
+        try:
+            passes, local_passes = [], []
+            naive = local.submit(predict_local.naive_row, texts, args.duration).result()
+            for index in range(args.passes):
+                local_passes.append(
+                    {
+                        r["name"]: r
+                        for r in local.submit(
+                            predict_local.batch_rows, texts, args.duration / 2, IN_PROCESS_BATCHES
+                        ).result()
+                    }
+                )
+                passes.append(await one_pass(index, plan, peers, pool, texts, args))
+            diffs = await check_scores(plan, peers, local, texts[:CHECK_TEXTS])
+        finally:
+            exits = {name: peer.stop() for name, peer in peers.items()}
+    in_process = median_rows([{"in-process": p} for p in local_passes])["in-process"]
+    return {
+        "rows": median_rows(passes),
+        "passes": passes,
+        "in_process": {"model.predict per tweet": naive, **in_process},
+        "in_process_passes": local_passes,
+        "fused_graph": fused,
+        "score_max_abs_diff": diffs,
+        "memory_rss_mib": memory,
+        "sigterm_exit_codes": exits,
+        "cores": {c.name: c.cores for c in plan},
+        "mlserver": [c.name for c in plan if c.mlserver],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, help="a bundle folder (default: train one, cached)")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per line")
-    parser.add_argument("--texts", type=int, default=4000, help="real tweets to send")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--bundle", type=Path, help="a bundle folder (default: the default model, cached)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per line and pass")
+    parser.add_argument("--passes", type=int, default=3, help="interleaved passes (figures are medians)")
+    parser.add_argument("--texts", type=int, default=20000, help="real tweets to send")
     parser.add_argument("--load-procs", type=int, default=2, help="load generator processes")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     CACHE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    bundle_dir = ensure_bundle(args.bundle)
-    texts = read_texts(args.texts)
-    print(f"{len(texts)} tweets from {DATASET.name}; bundle {bundle_dir}", flush=True)
-    served = asyncio.run(serve_lines(bundle_dir, texts, args.duration, args.load_procs))
-    rows = in_process(bundle_dir, texts, args.duration) + served.pop("rows")
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    measured = asyncio.run(run(args))
     result = {
         "when": utc_now(),
         "machine": machine("cpus", "python", "platform"),
-        "bundle": {
-            "path": str(bundle_dir),
-            "params": manifest.get("params"),
-            "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
-        },
         "duration_s_per_line": args.duration,
-        "load_processes": args.load_procs,
-        "rows": rows,
-        **served,
+        "passes": args.passes,
+        **measured,
     }
-    result["ratios"] = ratios(rows)
+    result["goals"] = predict_report.goals(result)
     result["total_s"] = round(time.monotonic() - started, 1)
     write_results(RESULTS, result)
-    print_table(result)
+    predict_report.print_report(result)
     print(f"wrote {RESULTS} in {result['total_s']} s")
 
 

@@ -1,5 +1,5 @@
 """What the benchmarks share: percentiles, a process's memory and CPU, a bench bundle trained in a child process,
-model_svc started as users run it, the machine they ran on, and the results file.
+model_svc started as users run it (on chosen CPUs), the machine they ran on, and the results file.
 
 Nothing here imports TensorFlow: bench_predict's load generator processes import this module.
 """
@@ -12,7 +12,8 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,27 @@ def train_bundle(dataset: Path, out: Path, params: Mapping[str, Any]) -> None:
     )
 
 
-def start_model_svc(store: Path, log_path: Path, **env: str) -> Program:
-    """`python -m model_svc` on a free loopback port serving `store`, logging warnings only (more `env` on top)."""
+@contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block on `cpus` (None: as it is). A process started inside inherits them, threads and children
+    included: how a benchmark puts a server on its own cores (`taskset` without the extra process)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def start_model_svc(store: Path, log_path: Path, cpus: set[int] | None = None, **env: str) -> Program:
+    """`python -m model_svc` on a free loopback port serving `store`, logging warnings only (more `env` on top),
+    on `cpus` (None: any)."""
     environ = {**os.environ, "STORE_URI": str(store), "LOG_LEVEL": "WARNING", **env}
-    return start("model_svc", environ, log_path, port=free_port())
+    with pinned(cpus):
+        return start("model_svc", environ, log_path, port=free_port())
 
 
 def utc_now() -> str:

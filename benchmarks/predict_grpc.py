@@ -1,39 +1,37 @@
-"""bench_predict over gRPC (lines 3 to 5): `python -m model_svc` in its own process, and load generators in
-spawned processes (no TensorFlow in them) that measure the same window.
+"""bench_predict's load generator: spawned processes (no TensorFlow in them) that call one server for one window.
 
-`serve_lines` runs every line: each spreads its concurrency over the pool's processes, each process runs its
-share of call loops on one channel, and the server's metrics give the mean batch and how busy inference was.
+A line is (name, kind, concurrency, texts per call); kind `predict` (one text a call), `batch` (many) or
+`noop` (health Check on model_svc, ServerLive on MLServer: the RPC floor of the same server). Each line
+spreads its concurrency over the pool's processes; each process opens CHANNELS connections of its own
+(worker processes behind one SO_REUSEPORT port are chosen per connection) and every call takes the next
+one. Requests are built before the window opens, so both protocols cost the client the same: serialising.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import functools
 import os
-import re
-import shutil
-import tempfile
 import time
-import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import memory_mib, percentile, start_model_svc
-from scripts.local_aws import free_port
+from benchmarks.common import percentile
+from benchmarks.peers import MODEL_NAME, Target, tree_cpu_s
 
 # Spawned processes need time to connect and warm up before the window opens.
-START_DELAY_S = 1.5
-# The gRPC lines: (name, kind, concurrency, texts per call).
-GRPC_LINES = [
-    ("3. gRPC Predict, concurrency 1", "predict", 1, 1),
-    ("3. gRPC Predict, concurrency 16", "predict", 16, 1),
-    ("3. gRPC Predict, concurrency 64", "predict", 64, 1),
-    ("4. gRPC PredictBatch of 64, concurrency 4", "batch", 4, 64),
-    ("4. gRPC PredictBatch of 256, concurrency 4", "batch", 4, 256),
-    ("5. no-op health Check, concurrency 64", "health", 64, 1),
-    ("5. no-op GetModel, concurrency 64", "getmodel", 64, 1),
+START_DELAY_S = 2.0
+CHANNELS = int(os.environ.get("BENCH_CHANNELS", "32"))  # connections per load process
+CALL_TIMEOUT_S = 60.0
+# The lines every server runs: (name, kind, concurrency, texts per call).
+LINES = [
+    ("Predict c=1", "predict", 1, 1),
+    ("Predict c=16", "predict", 16, 1),
+    ("Predict c=64", "predict", 64, 1),
+    ("PredictBatch 64 c=4", "batch", 4, 64),
+    ("PredictBatch 256 c=4", "batch", 4, 256),
+    ("no-op c=64", "noop", 64, 1),
 ]
 
 
@@ -52,6 +50,7 @@ def row(name: str, items: int, seconds: float, latencies_s: list[float], **extra
 def warm_worker() -> int:
     """Import what a load generator needs, so a process spawning late costs no measured time."""
     import grpc  # noqa: F401
+    from google.protobuf import message_factory  # noqa: F401
     from grpc_health.v1 import health_pb2_grpc  # noqa: F401
 
     from protos import predict_pb2_grpc  # noqa: F401
@@ -59,193 +58,199 @@ def warm_worker() -> int:
     return os.getpid()
 
 
-def load_worker(
-    port: int, kind: str, concurrency: int, batch: int, start_at: float, seconds: float, texts: list[str]
-) -> tuple[int, list[float], int, bool]:
-    """In a spawned process: `concurrency` loops on one channel from `start_at` for `seconds`.
+@functools.lru_cache(maxsize=2)
+def v2_messages(descriptor: bytes) -> dict[str, Any]:
+    """The V2 protocol's message classes, built with this process's protobuf runtime."""
+    from google.protobuf import descriptor_pool, message_factory
 
-    Returns (items done, latencies, errors, whether this process started after the window opened).
-    """
-    return asyncio.run(_load(port, kind, concurrency, batch, start_at, seconds, texts))
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(descriptor)
+    names = ("ModelInferRequest", "ModelInferResponse", "ServerLiveRequest", "ServerLiveResponse")
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{n}")) for n in names}
 
 
-def _caller(channel: Any, kind: str, batch: int, texts: list[str]) -> Callable[[int], Awaitable[int]]:
-    """The i-th call of a line's kind (predict, batch, health, getmodel); it returns the texts it scored."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def _open(target: Target, n: int) -> list[Any]:
+    import grpc
 
-    from protos import predict_pb2, predict_pb2_grpc
+    # A local subchannel pool: each channel its own connection, not one shared by identical channels.
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)]
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=options) for _ in range(n)]
 
-    stub = predict_pb2_grpc.PredictServiceStub(channel)
-    health = health_pb2_grpc.HealthStub(channel)
-    batches = [texts[i : i + batch] for i in range(0, len(texts) - batch, batch)] if batch > 1 else []
 
-    async def call(i: int) -> int:
-        if kind == "predict":
-            await stub.Predict(predict_pb2.PredictRequest(text=texts[i % len(texts)]), timeout=30)
-            return 1
+def _requests(target: Target, kind: str, batch: int, texts: list[str]) -> list[Any]:
+    from protos import predict_pb2
+
+    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+    if target.kind == "model_svc":
         if kind == "batch":
-            chunk = batches[i % len(batches)]
-            await stub.PredictBatch(predict_pb2.PredictBatchRequest(texts=chunk), timeout=30)
-            return len(chunk)
-        if kind == "health":
-            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
-            return 1
-        await stub.GetModel(predict_pb2.GetModelRequest(), timeout=30)
-        return 1
+            return [predict_pb2.PredictBatchRequest(texts=chunk) for chunk in chunks]
+        return [predict_pb2.PredictRequest(text=chunk[0]) for chunk in chunks]
+    infer = v2_messages(target.descriptor)["ModelInferRequest"]
+    return [
+        infer(
+            model_name=MODEL_NAME,
+            inputs=[
+                {
+                    "name": "text",
+                    "datatype": "BYTES",
+                    "shape": [len(chunk)],
+                    "contents": {"bytes_contents": [t.encode() for t in chunk]},
+                }
+            ],
+        )
+        for chunk in chunks
+    ]
 
-    return call
+
+def _methods(target: Target, channel: Any, kind: str) -> Callable[[Any], Awaitable[Any]]:
+    """The RPC a call of `kind` makes on `channel`."""
+    if target.kind == "model_svc":
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from protos import predict_pb2_grpc
+
+        if kind == "noop":
+            check = health_pb2_grpc.HealthStub(channel).Check
+            empty = health_pb2.HealthCheckRequest(service="")
+            return lambda request: check(empty, timeout=CALL_TIMEOUT_S)
+        stub = predict_pb2_grpc.PredictServiceStub(channel)
+        method = stub.PredictBatch if kind == "batch" else stub.Predict
+        return lambda request: method(request, timeout=CALL_TIMEOUT_S)
+    messages = v2_messages(target.descriptor)
+    name = "ServerLive" if kind == "noop" else "ModelInfer"
+    rpc = channel.unary_unary(
+        f"/inference.GRPCInferenceService/{name}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=messages[f"{name}Response"].FromString,
+    )
+    if kind == "noop":
+        live = messages["ServerLiveRequest"]()
+        return lambda request: rpc(live, timeout=CALL_TIMEOUT_S)
+    return lambda request: rpc(request, timeout=CALL_TIMEOUT_S)
+
+
+def load_worker(
+    target: Target,
+    line: tuple[str, str, int, int],
+    concurrency: int,
+    start_at: float,
+    seconds: float,
+    texts: list[str],
+    cpus: set[int],
+) -> tuple[int, list[float], int, bool]:
+    """In a spawned process on `cpus`: `concurrency` call loops over CHANNELS connections, from `start_at`
+    for `seconds`. Returns (texts done, latencies, errors, whether this process began after the window)."""
+    os.sched_setaffinity(0, cpus)
+    return asyncio.run(_load(target, line, concurrency, start_at, seconds, texts))
 
 
 async def _load(
-    port: int, kind: str, concurrency: int, batch: int, start_at: float, seconds: float, texts: list[str]
+    target: Target,
+    line: tuple[str, str, int, int],
+    concurrency: int,
+    start_at: float,
+    seconds: float,
+    texts: list[str],
 ) -> tuple[int, list[float], int, bool]:
     import grpc
 
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    call = _caller(channel, kind, batch, texts)
+    _, kind, _, batch = line
+    channels = _open(target, CHANNELS)
+    calls = [_methods(target, channel, kind) for channel in channels]
+    requests = _requests(target, kind, batch, texts)
     latencies: list[float] = []
     items = errors = 0
     end_at = start_at + seconds
     late = time.time() > start_at
+    turn = 0
 
     async def loop(worker: int) -> None:
-        nonlocal items, errors
+        nonlocal items, errors, turn
         i = worker * 7919
-        while time.time() < start_at:  # warm the connection until every process starts together
-            await call(i)
-            i += 1
         while True:
+            turn += 1
+            call = calls[turn % len(calls)]
             t0 = time.perf_counter()
             try:
-                n = await call(i)
+                await call(requests[i % len(requests)])
+                ok = True
             except grpc.aio.AioRpcError:
-                errors += 1
-                n = 0
-            if time.time() > end_at:
+                ok = False
+            now = time.time()
+            if now > end_at:
                 return
-            latencies.append(time.perf_counter() - t0)
-            items += n
+            if now > start_at:  # before it: warming every connection up
+                latencies.append(time.perf_counter() - t0)
+                items += batch if ok else 0
+                errors += 0 if ok else 1
             i += 1
 
     await asyncio.gather(*(loop(w) for w in range(concurrency)))
-    await channel.close()
+    for channel in channels:
+        await channel.close()
     return items, latencies, errors, late
 
 
 def grpc_line(
     pool: ProcessPoolExecutor,
-    port: int,
-    batch_stats: Callable[[], tuple[float, float, float]],
+    peer: Any,
     line: tuple[str, str, int, int],
     seconds: float,
     texts: list[str],
     procs: int,
+    cpus: set[int],
 ) -> dict[str, Any]:
-    """One line (name, kind, concurrency, batch) against the server on `port`; `batch_stats` reads its
-    (texts, batches, inference seconds) counters, so the line also reports the mean batch and how busy
-    inference was."""
-    name, kind, concurrency, batch = line
+    """One line against `peer` (a benchmarks.peers server) from `procs` load processes on `cpus`; with the
+    server's mean batch (model_svc) and the CPU its processes used (cores, averaged over the window)."""
+    name, _, concurrency, _ = line
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     start_at = time.time() + START_DELAY_S
-    before = batch_stats()
+    target, pids = peer.target, peer.pids()
     futures = [
-        pool.submit(load_worker, port, kind, share, batch, start_at, seconds, texts) for share in shares
+        pool.submit(load_worker, target, line, share, start_at, seconds, texts, cpus) for share in shares
     ]
+    while time.time() < start_at:
+        time.sleep(0.01)
+    before, cpu_before = peer.batch_stats(), tree_cpu_s(pids)
     results = [f.result() for f in futures]
-    after = batch_stats()
-    items = sum(r[0] for r in results)
+    after, cpu_after = peer.batch_stats(), tree_cpu_s(pids)
     latencies = [x for r in results for x in r[1]]
-    errors = sum(r[2] for r in results)
     if any(r[3] for r in results):
         print(f"  warning: a load process started after the window opened; {name} reads low", flush=True)
-    texts_done, batches, infer_s = (a - b for a, b in zip(after, before, strict=True))
-    extra: dict[str, Any] = {"errors": errors}
+    texts_done, batches = (a - b for a, b in zip(after, before, strict=True))
+    extra: dict[str, Any] = {"errors": sum(r[2] for r in results)}
+    extra["server_cores"] = round((cpu_after - cpu_before) / seconds, 2)
     if batches:
         extra["mean_batch"] = round(texts_done / batches, 1)
-        extra["inference_busy"] = round(infer_s / seconds, 2)
-    return row(name, items, seconds, latencies, **extra)
+    return row(name, sum(r[0] for r in results), seconds, latencies, **extra)
 
 
-class Server:
-    """`python -m model_svc` in its own process, with metrics on a free port to read batch statistics."""
+async def served_scores(target: Target, texts: Sequence[str], per_call: int = 64) -> list[float]:
+    """The scores a server returns for `texts`, in calls of `per_call` spread over several connections."""
+    chunks = [list(texts[i : i + per_call]) for i in range(0, len(texts), per_call)]
+    channels = _open(target, len(chunks))
+    try:
+        if target.kind == "model_svc":
+            from protos import predict_pb2, predict_pb2_grpc
 
-    def __init__(self, store: Path, log_path: Path) -> None:
-        self.metrics_port = free_port()
-        self.program = start_model_svc(store, log_path, METRICS_PORT=str(self.metrics_port))
-
-    @property
-    def port(self) -> int:
-        return self.program.port
-
-    async def wait_serving(self) -> float:
-        """Seconds from the process start to SERVING."""
-        return await self.program.wait_serving("sentiment.v1.PredictService", timeout_s=180)
-
-    def memory_mib(self) -> dict[str, float]:
-        return memory_mib(self.program.pid)
-
-    def batch_stats(self) -> tuple[float, float, float]:
-        """(texts, batches, inference seconds) so far, from the metrics endpoint."""
-        page = (
-            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10)
-            .read()
-            .decode()
-        )
-
-        def value(name: str) -> float:
-            match = re.search(rf"^{name} ([0-9.e+-]+)$", page, re.MULTILINE)
-            return float(match.group(1)) if match else 0.0
-
-        return (
-            value("model_svc_batch_texts_sum"),
-            value("model_svc_batch_texts_count"),
-            value("model_svc_batch_seconds_sum"),
-        )
-
-    def stop(self) -> int:
-        return self.program.stop(grace_s=60)
-
-
-def bench_store(bundle_dir: Path) -> Path:
-    """A fresh local store whose CURRENT version is the bundle (as `bench`)."""
-    store = Path(tempfile.mkdtemp(prefix="bench-predict-")) / "store"
-    shutil.copytree(bundle_dir, store / "models" / "bench")
-    (store / "models" / "CURRENT").write_text("bench")
-    return store
-
-
-async def grpc_lines(server: Server, texts: list[str], seconds: float, procs: int) -> list[dict[str, Any]]:
-    """Every GRPC_LINES line, from a pool of `procs` spawned load processes (warmed before the first)."""
-    rows: list[dict[str, Any]] = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=procs, mp_context=context) as pool:
-        for future in [pool.submit(warm_worker) for _ in range(procs)]:
-            future.result()
-        for line in GRPC_LINES:
-            rows.append(
-                await asyncio.to_thread(
-                    grpc_line, pool, server.port, server.batch_stats, line, seconds, texts, procs
+            replies = await asyncio.gather(
+                *(
+                    predict_pb2_grpc.PredictServiceStub(ch).PredictBatch(
+                        predict_pb2.PredictBatchRequest(texts=chunk), timeout=CALL_TIMEOUT_S
+                    )
+                    for ch, chunk in zip(channels, chunks, strict=True)
                 )
             )
-            print(f"  {line[0]}: {rows[-1]['tweets_per_s']:.0f}/s", flush=True)
-    return rows
-
-
-async def serve_lines(bundle_dir: Path, texts: list[str], seconds: float, procs: int) -> dict[str, Any]:
-    store = bench_store(bundle_dir)
-    server = Server(store, store.parent / "model_svc.log")
-    try:
-        start_to_serving = await server.wait_serving()
-        memory_idle = server.memory_mib()
-        rows = await grpc_lines(server, texts, seconds, procs)
-        memory_loaded = server.memory_mib()
+            return [p.score for reply in replies for p in reply.predictions]
+        requests = _requests(target, "batch", per_call, list(texts))
+        calls = [_methods(target, ch, "batch") for ch in channels]
+        replies = await asyncio.gather(*(c(r) for c, r in zip(calls, requests, strict=False)))
+        out: list[float] = []
+        for reply in replies:
+            (score,) = [o for o in reply.outputs if o.name == "score"]
+            out.extend(score.contents.fp32_contents)
+        return out
     finally:
-        exit_code = server.stop()
-    return {
-        "rows": rows,
-        "start_to_serving_s": round(start_to_serving, 2),
-        "memory_after_load_mib": memory_idle,
-        "memory_after_benchmark_mib": memory_loaded,
-        "sigterm_exit_code": exit_code,
-    }
+        for channel in channels:
+            await channel.close()

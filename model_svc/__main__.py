@@ -1,4 +1,7 @@
-"""`python -m model_svc`: serve PredictService until SIGTERM, then shut down gracefully and exit 0."""
+"""`python -m model_svc`: serve PredictService until SIGTERM, then shut down gracefully and exit 0.
+
+With WORKERS > 1 this process supervises that many server processes on one port (`model_svc.workers`).
+"""
 
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ def main() -> int:
         log.error("bad configuration: %s", exc)
         return 2
     setup_logging(config.log_level)
+    if config.workers > 1:
+        from model_svc.workers import supervise
+
+        return supervise(config)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(run(config))
     return 0

@@ -1,4 +1,4 @@
-"""Dynamic batching: callers submit one item each; one worker runs them in batches on one dedicated thread."""
+"""Dynamic batching: callers submit items (one or many); one worker runs them in batches on one dedicated thread."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from sentiment.errors import DeadlineExpired, ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-GAP_SMOOTHING = 0.2  # weight of the newest gap in the moving average
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -27,8 +25,10 @@ class BatcherClosed(ModelNotReady):
 
 @dataclass(slots=True)
 class _Entry(Generic[T, R]):
-    item: T
-    future: asyncio.Future[R]
+    """One submission: its items share one future, resolved with their results in order."""
+
+    items: Sequence[T]
+    future: asyncio.Future[list[R]]
     enqueued_at: float  # loop.time()
     deadline: float | None  # time.monotonic(); None = no deadline
 
@@ -38,23 +38,26 @@ class Batcher(Generic[T, R]):
 
     Contract:
     - `await submit(item)` returns `fn`'s result for that item; `await submit_many(items)` returns one
-      result per item, in order. Every item has its own future, resolved exactly once
-      (`if not fut.done()` guards every resolution, so a caller that gave up is simply skipped).
-    - A batch is taken when `max_batch_size` items are queued or when the oldest queued item has waited
-      `max_wait_s`, whichever comes first; items queued while a batch runs form the next batch at once.
-      When submissions arrive further apart than `max_wait_s` on average (a moving average of the gaps),
-      waiting would gather nobody, so the batch is taken at once: a lone caller pays no batching delay.
-    - `fn` runs on ONE dedicated thread (`self.executor`), one batch at a time, off the event loop. It must
-      return exactly one result per item, in order; a wrong length fails every item of the batch with
-      RuntimeError, and an exception from `fn` fails every item of that batch with that exception.
-    - Admission is bounded: when more than `max_queued` items would be waiting or running, `submit` raises
-      Overloaded at once (a batch of items is admitted whole or not at all).
-    - An item whose `deadline` (time.monotonic()) cannot be met is not computed; its future fails with
+      result per item, in order. Each submission has one future, resolved exactly once
+      (`if not fut.done()` guards every resolution, so a caller that gave up is simply skipped); its
+      items are never split between two batches unless they alone exceed `max_batch_size`.
+    - A batch is taken when `max_batch_size` items are queued, when as many submissions are queued as
+      were active in the last round (the last batch's submissions plus those that queued while it ran:
+      callers served together come back together), or when the oldest queued submission has waited
+      `max_wait_s`, whichever comes first. So a lone caller pays no batching delay, and callers served
+      together are served together again (on one core, the event loop reads their requests meanwhile).
+    - `fn` runs on ONE dedicated thread (`self.executor`), one batch at a time, off the event loop, with at
+      most `max_batch_size` items a call (a larger submission runs in several calls). It must return
+      exactly one result per item, in order; a wrong length fails every submission of the batch with
+      RuntimeError, and an exception from `fn` fails every submission of that batch with that exception.
+    - Admission is bounded: when more than `max_queued` items would be waiting or running, a submission
+      raises Overloaded at once (admitted whole or not at all).
+    - A submission whose `deadline` (time.monotonic()) cannot be met is not computed; it fails with
       DeadlineExpired. "Cannot be met" uses `expected_run_s(n)`, the least time a batch of n items takes:
-      a submission with less time left than that is refused at once, and an item with less time left than
+      a submission with less time left than that is refused at once, and one with less time left than
       its batch's expected run when the batch starts is dropped from it.
     - `aclose()` refuses new items (BatcherClosed); with `drain=True` it first runs what is queued,
-      otherwise it fails the queued items with BatcherClosed. Either way no future is left pending.
+      otherwise it fails the queued submissions with BatcherClosed. Either way no future is left pending.
     """
 
     def __init__(
@@ -75,58 +78,52 @@ class Batcher(Generic[T, R]):
         self.max_queued = max_queued
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._queue: deque[_Entry[T, R]] = deque()
+        self._queued_items = 0
         self._running = 0
         self._wake = asyncio.Event()
         self._closed = False
         self._worker: asyncio.Task[None] | None = None
-        self._last_arrival = 0.0
-        self._mean_gap_s = 0.0  # moving average of the time between submissions
+        # Submissions active in the last round; before any round, unknown: wait up to max_wait_s.
+        self._companions = max_batch_size
 
     @property
     def queued(self) -> int:
         """Items waiting for a batch (not counting the batch now running)."""
-        return len(self._queue)
+        return self._queued_items
 
     @property
     def in_flight(self) -> int:
         """Items accepted and not yet resolved: queued plus the running batch."""
-        return len(self._queue) + self._running
+        return self._queued_items + self._running
 
     async def submit(self, item: T, deadline: float | None = None) -> R:
-        (future,) = self._enqueue([item], deadline)
-        return await future
+        return (await self._enqueue((item,), deadline))[0]
 
     async def submit_many(self, items: Sequence[T], deadline: float | None = None) -> list[R]:
-        futures = self._enqueue(items, deadline)
-        return list(await asyncio.gather(*futures))
+        return await self._enqueue(items, deadline)
 
-    def _enqueue(self, items: Sequence[T], deadline: float | None) -> list[asyncio.Future[R]]:
+    def _enqueue(self, items: Sequence[T], deadline: float | None) -> asyncio.Future[list[R]]:
         if self._closed:
             raise BatcherClosed("the server is shutting down")
-        if deadline is not None and deadline - time.monotonic() < self.expected_run_s(len(items)):
+        n = len(items)
+        if deadline is not None and deadline - time.monotonic() < self.expected_run_s(n):
             raise DeadlineExpired("the deadline leaves less time than computing the texts takes")
-        if self.max_queued is not None and self.in_flight + len(items) > self.max_queued:
+        if self.max_queued is not None and self.in_flight + n > self.max_queued:
             raise Overloaded(
-                f"server overloaded: {self.in_flight} texts queued, {len(items)} more would pass the limit "
+                f"server overloaded: {self.in_flight} texts queued, {n} more would pass the limit "
                 f"of {self.max_queued}; retry later"
             )
         loop = asyncio.get_running_loop()
         if self._worker is None:
             self._worker = loop.create_task(self._work(), name="batcher-worker")
-        was_empty = not self._queue
-        now = loop.time()
-        if self._last_arrival:
-            self._mean_gap_s += GAP_SMOOTHING * (now - self._last_arrival - self._mean_gap_s)
-        self._last_arrival = now
-        futures: list[asyncio.Future[R]] = []
-        for item in items:
-            future: asyncio.Future[R] = loop.create_future()
-            self._queue.append(_Entry(item, future, now, deadline))
-            futures.append(future)
+        future: asyncio.Future[list[R]] = loop.create_future()
+        self._queue.append(_Entry(items, future, loop.time(), deadline))
+        self._queued_items += n
         # The worker sleeps only while the queue is empty or while it fills a batch.
-        if was_empty or len(self._queue) >= self.max_batch_size:
+        queued = len(self._queue)
+        if queued == 1 or queued >= self._companions or self._queued_items >= self.max_batch_size:
             self._wake.set()
-        return futures
+        return future
 
     async def aclose(self, drain: bool = True) -> None:
         """Refuse new items; run (drain=True) or fail (drain=False) the queued ones; then stop the worker."""
@@ -146,6 +143,7 @@ class Batcher(Generic[T, R]):
             future = self._queue.popleft().future
             if not future.done():
                 future.set_exception(exc)
+        self._queued_items = 0
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -160,13 +158,18 @@ class Batcher(Generic[T, R]):
             batch = self._take()
             if batch:
                 await self._run(batch, loop)
+                # Who was served, and who queued meanwhile: the callers of the next round.
+                self._companions = max(1, len(batch) + len(self._queue))
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait until the batch is full or its oldest item has waited max_wait_s."""
-        if self._mean_gap_s > self.max_wait_s:
-            return
+        """Wait until the batch is full, the last round's submissions are back, or the oldest has waited
+        max_wait_s."""
         until = self._queue[0].enqueued_at + self.max_wait_s
-        while len(self._queue) < self.max_batch_size and not self._closed:
+        while (
+            self._queued_items < self.max_batch_size
+            and len(self._queue) < self._companions
+            and not self._closed
+        ):
             remaining = until - loop.time()
             if remaining <= 0:
                 return
@@ -178,15 +181,22 @@ class Batcher(Generic[T, R]):
                 timer.cancel()
 
     def _take(self) -> list[_Entry[T, R]]:
+        """Whole submissions, oldest first, up to max_batch_size items (the first is always taken)."""
         batch: list[_Entry[T, R]] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            entry = self._queue.popleft()
+        size = 0
+        while self._queue:
+            entry = self._queue[0]
+            if batch and size + len(entry.items) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_items -= len(entry.items)
             if not entry.future.done():  # its caller was cancelled: nothing to compute
                 batch.append(entry)
+                size += len(entry.items)
         return batch
 
     async def _run(self, batch: list[_Entry[T, R]], loop: asyncio.AbstractEventLoop) -> None:
-        self._running = len(batch)
+        self._running = sum(len(entry.items) for entry in batch)
         try:
             live, results = await loop.run_in_executor(self.executor, self._call, batch)
         except Exception as exc:
@@ -196,9 +206,12 @@ class Batcher(Generic[T, R]):
             return
         finally:
             self._running = 0
-        for entry, result in zip(live, results, strict=True):
+        offset = 0
+        for entry in live:
+            n = len(entry.items)
             if not entry.future.done():
-                entry.future.set_result(result)
+                entry.future.set_result(results[offset : offset + n])
+            offset += n
         if len(live) < len(batch):
             for entry in batch:
                 if not entry.future.done():
@@ -206,13 +219,18 @@ class Batcher(Generic[T, R]):
                         DeadlineExpired("deadline passed before the text was computed")
                     )
 
-    def _call(self, batch: list[_Entry[T, R]]) -> tuple[list[_Entry[T, R]], Sequence[R]]:
-        """On the inference thread: drop items whose deadline the batch would miss, run fn on the rest."""
-        done_at = time.monotonic() + self.expected_run_s(len(batch))
+    def _call(self, batch: list[_Entry[T, R]]) -> tuple[list[_Entry[T, R]], list[R]]:
+        """On the inference thread: drop submissions whose deadline the batch would miss, run fn on the rest."""
+        done_at = time.monotonic() + self.expected_run_s(sum(len(e.items) for e in batch))
         live = [e for e in batch if e.deadline is None or e.deadline > done_at]
-        if not live:
-            return live, []
-        results = self._fn([e.item for e in live])
-        if len(results) != len(live):
-            raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+        items: list[T] = []
+        for entry in live:
+            items.extend(entry.items)
+        results: list[R] = []
+        for start in range(0, len(items), self.max_batch_size):
+            chunk = items[start : start + self.max_batch_size]
+            out = self._fn(chunk)
+            if len(out) != len(chunk):
+                raise RuntimeError(f"batch function returned {len(out)} results for {len(chunk)} items")
+            results.extend(out)
         return live, results

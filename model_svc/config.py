@@ -22,12 +22,13 @@ class ModelConfig:
     listen_addr: str = "[::]:50052"
     model_dir: str = ""  # where bundles are downloaded (each load fetches again); "" = a temporary directory
     reload_interval_s: float = 10.0
-    inference_batch_max_texts: int = 512  # texts the inference thread scores in one call
-    inference_batch_max_wait_s: float = 0.002
+    inference_batch_max_texts: int = 1024  # texts the inference thread scores in one call
+    # Longest a submission waits for the last round's companions (a lone caller waits for nobody).
+    inference_batch_max_wait_s: float = 0.02
     queue_max_texts: int = 4096
     max_text_chars: int = 1000
     predict_batch_max_texts: int = 1024  # texts one PredictBatch request may carry
-    intra_op_threads: int = field(default_factory=available_cpus)
+    intra_op_threads: int = field(default_factory=available_cpus)  # per server process
     inter_op_threads: int = field(default_factory=available_cpus)
     tls_cert_path: str = ""
     tls_key_path: str = ""
@@ -38,6 +39,13 @@ class ModelConfig:
     load_timeout_s: float = (
         300.0  # fetch + verify + load + warm of one version; past it the load is abandoned
     )
+    code_version: str = ""  # the image's tag and commit, as model_svc_build_info reports them
+    code_revision: str = ""
+    # Server processes sharing LISTEN_ADDR (SO_REUSEPORT), each with its own model, batcher and reload;
+    # 1 = this process serves (start_server). The kernel picks a worker per connection, so more than one
+    # pays only when clients open several connections to a pod (PredictClient opens one).
+    workers: int = 1
+    reuse_port: bool = False  # set for the worker processes; never read from the environment
 
     def __post_init__(self) -> None:
         if self.queue_max_texts < self.predict_batch_max_texts:
@@ -58,6 +66,10 @@ class ModelConfig:
     def from_env(cls, environ: Environ) -> ModelConfig:
         """Read every variable; the names before the rename are still read, with a FutureWarning."""
         environ = renamed(environ, RENAMED)
+        workers = env_int(environ, "WORKERS", cls.workers, minimum=1)
+        # TF_*_OP_THREADS count for the whole container: each worker process gets its share.
+        intra = env_int(environ, "TF_INTRA_OP_THREADS", available_cpus(), minimum=1)
+        inter = env_int(environ, "TF_INTER_OP_THREADS", available_cpus(), minimum=1)
         return cls(
             store_uri=env_str(environ, "STORE_URI"),
             listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
@@ -74,8 +86,8 @@ class ModelConfig:
             predict_batch_max_texts=env_int(
                 environ, "PREDICT_BATCH_MAX_TEXTS", cls.predict_batch_max_texts, minimum=1
             ),
-            intra_op_threads=env_int(environ, "TF_INTRA_OP_THREADS", available_cpus(), minimum=1),
-            inter_op_threads=env_int(environ, "TF_INTER_OP_THREADS", available_cpus(), minimum=1),
+            intra_op_threads=max(1, intra // workers),
+            inter_op_threads=max(1, inter // workers),
             tls_cert_path=environ.get("TLS_CERT_PATH", ""),
             tls_key_path=environ.get("TLS_KEY_PATH", ""),
             metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
@@ -83,6 +95,9 @@ class ModelConfig:
             log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
             model_max_bytes=env_int(environ, "MODEL_MAX_BYTES", cls.model_max_bytes, minimum=1),
             load_timeout_s=env_float(environ, "LOAD_TIMEOUT_S", cls.load_timeout_s, minimum=0.001),
+            code_version=environ.get("CODE_VERSION", ""),
+            code_revision=environ.get("CODE_REVISION", ""),
+            workers=workers,
         )
 
     @property

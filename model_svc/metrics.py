@@ -43,7 +43,7 @@ class ModelMetrics:
         )
         self.queue_texts = Gauge("model_svc_queue_texts", "Texts waiting for a batch", registry=registry)
         self.model = Gauge(
-            "model_svc_model", "1 for the model version now serving", ["version"], registry=registry
+            "model_svc_model_info", "1 for the model version now serving", ["version"], registry=registry
         )
         self.model_load_seconds = Gauge(
             "model_svc_model_load_seconds",

@@ -70,9 +70,12 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining - REPLY_MARGIN_S
 
 
+LABEL_CODES = {name: predict_pb2.Label.Value(name) for name in predict_pb2.Label.keys()}
+
+
 def _to_proto(result: Prediction) -> predict_pb2.Prediction:
     return predict_pb2.Prediction(
-        label=predict_pb2.Label.Value(result.label), score=result.score, model_version=result.model_version
+        label=LABEL_CODES[result.label], score=result.score, model_version=result.model_version
     )
 
 

@@ -1,10 +1,17 @@
-"""Typed reads of environment variables for the services' frozen config dataclasses."""
+"""Typed reads of environment variables for the services' frozen config dataclasses, and their `--help`.
+
+Each config field that a variable sets is declared with `setting(env, help, default)`: `--help` is made
+from those declarations (`help_text`), so a variable's name, default and meaning are written once.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from sentiment.errors import ConfigError
 
@@ -80,3 +87,88 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------ settings described once, for --help
+
+
+def setting(env: str, help: str, default: Any = MISSING) -> Any:
+    """A config dataclass field read from `env`: its default and meaning are what `--help` prints."""
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str  # as printed; "(required)" when there is none
+    help: str
+
+
+def describe(config: type) -> list[Setting]:
+    """The environment variables a config dataclass reads, in field order (fields without `env` are
+    derived, not configured)."""
+    described = []
+    for f in fields(config):
+        if "env" not in f.metadata:
+            continue
+        if f.default is not MISSING:
+            default = repr(f.default) if f.default == "" else str(f.default)
+        elif f.default_factory is not MISSING:
+            default = f"{f.default_factory()} (from the machine)"
+        else:
+            default = "(required)"
+        described.append(Setting(f.metadata["env"], default, f.metadata["help"]))
+    return described
+
+
+def help_text(program: str, summary: str, config: type, exit_codes: Mapping[int, str]) -> str:
+    """`python -m <program> --help`: what it does, every variable with its default and meaning, exit codes."""
+    settings = describe(config)
+    width = max(len(s.env) for s in settings)
+    lines = [
+        f"usage: python -m {program} [--help | --version]",
+        "",
+        summary,
+        "",
+        "Configuration (environment variables):",
+    ]
+    for s in settings:
+        lines.append(f"  {s.env:<{width}}  {s.help} [default: {s.default}]")
+    lines += ["", "Exit codes:", *(f"  {code}  {meaning}" for code, meaning in sorted(exit_codes.items()))]
+    return "\n".join(lines) + "\n"
+
+
+def version_text(program: str, environ: Environ) -> str:
+    """`--version`: the package version, and the image's CODE_VERSION / CODE_REVISION when set."""
+    from sentiment.metrics import package_version
+
+    build = ", ".join(
+        f"{k.lower()} {environ[k]}" for k in ("CODE_VERSION", "CODE_REVISION") if environ.get(k)
+    )
+    return f"{program} {package_version()}" + (f" ({build})" if build else "") + "\n"
+
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def answer_cli(
+    argv: Sequence[str],
+    program: str,
+    summary: str,
+    config: type,
+    exit_codes: Mapping[int, str],
+    environ: Environ,
+) -> int | None:
+    """Answer `--help` / `--version` (or refuse an unknown argument) without starting anything; the exit
+    code, or None when the program should start."""
+    if not argv:
+        return None
+    if argv[0] in ("-h", "--help"):
+        print(help_text(program, summary, config, exit_codes), end="")
+        return EXIT_OK
+    if argv[0] == "--version":
+        print(version_text(program, environ), end="")
+        return EXIT_OK
+    print(f"{program}: unknown argument {argv[0]!r} (try --help)", file=sys.stderr)
+    return EXIT_CONFIG

@@ -1,56 +1,104 @@
-"""`python -m stream_svc [run | create-table | report [--plot out.png] [--json out.json]]`; configuration from the environment."""
+"""`python -m stream_svc [run | create-table | report | backfill-buckets | redrive | forget]`; configuration
+from the environment, each command's options on its command line (`python -m stream_svc COMMAND --help`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sentiment.errors import ConfigError
 from sentiment.logs import setup_logging
-from stream_svc import app, dynamodb, report
+from stream_svc import commands
 from stream_svc.config import StreamConfig
+from stream_svc.dynamodb import TableAccessError
+from stream_svc.keys import parse_moment, parse_since
+
+EXIT_TABLE_REFUSED = 3  # as `app.run` exits when DynamoDB refuses the credentials or the table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stream_svc", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="stream tweets to the table (the default)")
+    sub.add_parser(
+        "create-table", help="create the table, its by_time index, TTL and PITR; add what is missing"
+    )
+    rep = sub.add_parser(
+        "report", help="the analysis of a time window (--since) or of the whole table (--all)"
+    )
+    span = rep.add_mutually_exclusive_group()
+    span.add_argument("--since", metavar="24h|ISO", help="window start: a duration back from now, or a time")
+    span.add_argument("--all", action="store_true", help="the whole table, by a parallel Scan (the default)")
+    rep.add_argument("--until", metavar="ISO", help="window end (default: now; with --since only)")
+    rep.add_argument("--model-version", metavar="V", help="only the tweets analysed by model version V")
+    rep.add_argument("--plot", metavar="PNG", help="also draw sentiment over time to this file")
+    rep.add_argument("--recent", type=int, default=5, help="recent examples to show")
+    rep.add_argument("--json", metavar="PATH", help="also write the figures as JSON to this file")
+    rep.add_argument("--segments", type=int, default=4, help="parallel Scan segments (--all)")
+    back = sub.add_parser("backfill-buckets", help="give items written before the time keys their keys")
+    back.add_argument("--rate", type=float, default=200.0, help="updates per second at most")
+    back.add_argument("--segments", type=int, default=4, help="parallel Scan segments")
+    back.add_argument("--state", type=Path, default=Path("backfill-buckets.state.json"), help="resume file")
+    red = sub.add_parser("redrive", help="send dead-lettered tweets back through Predict and the table")
+    red.add_argument("location", metavar="FILE|FOLDER|s3://bucket/prefix")
+    forget = sub.add_parser("forget", help="delete items by tweet id (tweets deleted upstream)")
+    forget.add_argument("--ids", required=True, metavar="FILE", help="tweet ids, one per line ('-': stdin)")
+    return parser
+
+
+def _report_request(args: argparse.Namespace) -> commands.ReportRequest:
+    now = datetime.now(UTC).replace(microsecond=0)
+    if args.until and not args.since:
+        raise ConfigError("--until needs --since")
+    try:
+        since = parse_since(args.since, now) if args.since else None
+    except ValueError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    until = parse_moment(args.until) if args.until else now
+    if until is None:
+        raise ConfigError(f"--until {args.until!r} is not an ISO 8601 time")
+    if since is not None and since >= until:
+        raise ConfigError("--since must be before --until")
+    return commands.ReportRequest(
+        since, until, model_version=args.model_version, recent=args.recent, segments=max(1, args.segments)
+    )
+
+
+def _dispatch(args: argparse.Namespace, config: StreamConfig) -> int:
+    if args.command == "create-table":
+        return asyncio.run(commands.create_table_command(config))
+    if args.command == "report":
+        summary = asyncio.run(commands.build_report(config, _report_request(args)))
+        commands.print_report(summary, args.plot, args.json)
+        return 0
+    if args.command == "backfill-buckets":
+        return asyncio.run(commands.backfill_command(config, args.rate, max(1, args.segments), args.state))
+    if args.command == "redrive":
+        return asyncio.run(commands.redrive_command(config, args.location))
+    if args.command == "forget":
+        return asyncio.run(commands.forget_command(config, args.ids))
+    from stream_svc import app  # the stream's own imports (gRPC, tweepy) are not the other commands' start-up
+
+    return asyncio.run(app.run(config))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_svc", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="stream tweets to the table (the default)")
-    commands.add_parser("create-table", help="create the DynamoDB table (PAY_PER_REQUEST) unless it exists")
-    report_parser = commands.add_parser("report", help="print the analysis of the table")
-    report_parser.add_argument("--plot", metavar="PNG", help="also draw sentiment over time to this file")
-    report_parser.add_argument("--recent", type=int, default=5, help="recent examples to show")
-    report_parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to this file")
-    args = parser.parse_args(argv)
-    command = args.command or "run"
+    args = _parser().parse_args(argv)
+    args.command = args.command or "run"
     try:
-        config = StreamConfig.from_env(os.environ, require_source=command == "run")
-    except ConfigError as exc:
+        config = StreamConfig.from_env(os.environ, require_source=args.command == "run")
+        setup_logging(config.log_level)
+        return _dispatch(args, config)
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
-    try:
-        if command == "create-table":
-            created = asyncio.run(dynamodb.create_table(config.dynamodb_table))
-            print(f"table {config.dynamodb_table} {'created' if created else 'already exists'}")
-            return 0
-        if command == "report":
-            items = asyncio.run(dynamodb.scan_items(config.dynamodb_table))
-            summary = report.summarize(items, recent=args.recent)
-            print(report.render(summary))
-            if args.plot:
-                print(f"plot written to {report.plot(items, args.plot)}")
-            if args.json:
-                Path(args.json).write_text(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
-            return 0
-        return asyncio.run(app.run(config))
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    except TableAccessError as exc:
+        print(f"stream_svc stopped: {exc}", file=sys.stderr)
+        return EXIT_TABLE_REFUSED
 
 
 if __name__ == "__main__":

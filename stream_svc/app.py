@@ -17,16 +17,17 @@ from contextlib import AsyncExitStack, aclosing, closing
 from pathlib import Path
 
 from sentiment.errors import ConfigError
-from sentiment.metrics import MetricsEndpoint
+from sentiment.metrics import MetricsEndpoint, build_info, package_version
 from sentiment.predict_client import PredictClient
 from sentiment.rpc import wait_for_signal
 from stream_svc.config import StreamConfig
 from stream_svc.counters import Counters
-from stream_svc.deadletter import DeadLetterFile
 from stream_svc.dynamodb import TableAccessError, table_exists
+from stream_svc.health import StreamHealth
 from stream_svc.metrics import StreamMetrics
 from stream_svc.pipeline import Pipeline
 from stream_svc.replay import ReplaySource
+from stream_svc.shipper import open_dead_letters
 from stream_svc.sink import DynamoSink, WriteRetry
 from stream_svc.sources import Source
 from stream_svc.x_stream import XStreamSource
@@ -85,8 +86,14 @@ async def run(config: StreamConfig) -> int:
 async def _open_pipeline(
     config: StreamConfig, source: Source, metrics: StreamMetrics, stack: AsyncExitStack
 ) -> Pipeline:
-    """The pipeline, its metrics endpoint, Predict client, sink and dead-letter file entered on `stack`."""
-    stack.enter_context(closing(MetricsEndpoint(metrics.registry, config.metrics_port).start()))
+    """The pipeline, its metrics endpoint, Predict client, sink and dead-letter file (with its S3 shipper
+    when DEAD_LETTER_URI is s3://) entered on `stack`."""
+    health = StreamHealth(source, config.stall_s)
+    probes = {"/livez": health.liveness, "/readyz": health.readiness}
+    stack.enter_context(closing(MetricsEndpoint(metrics.registry, config.metrics_port, probes).start()))
+    beat = asyncio.get_running_loop().create_task(health.beat(), name="stream-health")
+    stack.callback(beat.cancel)
+    build_info(metrics.registry, "stream_svc", config.code_version or package_version(), config.code_revision)
     root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
     client = await stack.enter_async_context(
         PredictClient(
@@ -98,8 +105,8 @@ async def _open_pipeline(
         config.dynamodb_table, concurrency=config.write_concurrency, retry=retry, metrics=metrics
     )
     await stack.enter_async_context(aclosing(sink))
-    dead_letter = stack.enter_context(closing(DeadLetterFile(config.dead_letter_path)))
-    return Pipeline(
+    dead_letter = await open_dead_letters(config, stack, metrics)  # shipped (s3://) as the stack closes
+    pipeline = Pipeline(
         source,
         client,
         sink,
@@ -109,7 +116,10 @@ async def _open_pipeline(
         predict_concurrency=config.predict_concurrency,
         write_concurrency=config.write_concurrency,
         metrics=metrics,
+        layout=config.layout,
     )
+    health.table_ok = lambda: not pipeline.table_refused
+    return pipeline
 
 
 def _exit_code(counters: Counters, source: Source, refused: TableAccessError | None) -> int:
@@ -124,10 +134,11 @@ def _exit_code(counters: Counters, source: Source, refused: TableAccessError | N
             counters.dead_lettered,
         )
         return EXIT_TABLE_REFUSED
-    if isinstance(source, XStreamSource) and source.failed:
-        if source.refused:
+    if source.failed:
+        if isinstance(source, XStreamSource) and source.refused:
             log.error("stream_svc stopped: %s (check X_BEARER_TOKEN and the app's access)", source.failure)
             return EXIT_X_REFUSED
+        log.error("stream_svc stopped: %s", source.failure)
         return EXIT_FAILED
     return 0
 

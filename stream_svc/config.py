@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from sentiment.config import Environ, env_float, env_int, env_str
-from sentiment.errors import ConfigError
+from sentiment.errors import ConfigError, InvalidInput
+from sentiment.store import check_location
+from stream_svc.keys import TableLayout
 
 SOURCES = ("x", "replay")
 X_API_BASE_URL = "https://api.twitter.com"
@@ -39,6 +43,20 @@ class StreamConfig:
     x_auth_retry_wait_s: float = 5.0
     # Tries of a BatchWriteItem refused for its credentials, permissions or a missing table (not its items).
     dynamodb_auth_max_tries: int = 4
+    # /livez fails once the source is connected yet silent this long (X keeps alive every 20 s), or the
+    # event loop has not turned for this long.
+    stall_s: float = 90.0
+    code_version: str = ""  # the image's tag and commit, as stream_svc_build_info reports them
+    code_revision: str = ""
+    # The time-bucket key design (stream_svc.keys): shards per hour of the `by_time` index, and how
+    # many days an item is kept after it was analysed (0 = for ever; DynamoDB's TTL deletes it after).
+    bucket_shards: int = 1
+    retention_days: float = 0.0
+    # Where dead letters go: s3://bucket/prefix (spooled at dead_letter_path, shipped as each file
+    # rolls over and at exit) or a local path (then dead_letter_path is that path).
+    dead_letter_uri: str = ""
+    dead_letter_roll_s: float = 300.0
+    dead_letter_roll_mb: float = 64.0
 
     @classmethod
     def from_env(cls, environ: Environ, require_source: bool = True) -> StreamConfig:
@@ -76,10 +94,22 @@ class StreamConfig:
             dynamodb_auth_max_tries=env_int(
                 environ, "DYNAMODB_AUTH_MAX_TRIES", cls.dynamodb_auth_max_tries, minimum=1
             ),
+            stall_s=env_float(environ, "STALL_S", cls.stall_s, minimum=1.0),
+            code_version=environ.get("CODE_VERSION", ""),
+            code_revision=environ.get("CODE_REVISION", ""),
         )
+        config = dataclasses.replace(config, **_storage_settings(environ, config.dead_letter_path))
         if require_source:
             config.check_source()
         return config
+
+    @property
+    def layout(self) -> TableLayout:
+        return TableLayout(bucket_shards=self.bucket_shards, retention_days=self.retention_days)
+
+    @property
+    def dead_letters_to_s3(self) -> bool:
+        return self.dead_letter_uri.startswith("s3://")
 
     def check_source(self) -> None:
         """The variables the chosen source needs are set (the `report` command needs none of them)."""
@@ -92,3 +122,26 @@ class StreamConfig:
                 raise ConfigError("X_RULES is required when SOURCE=x (rules separated by ';')")
         if not self.x_api_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"X_API_BASE_URL={self.x_api_base_url!r} must start with http:// or https://")
+
+
+def _storage_settings(environ: Environ, dead_letter_path: str) -> dict[str, Any]:
+    """The table layout and dead-letter variables; a local DEAD_LETTER_URI stands for DEAD_LETTER_PATH."""
+    uri = environ.get("DEAD_LETTER_URI", "").strip()
+    try:
+        check_location(uri or dead_letter_path, "DEAD_LETTER_URI")
+    except InvalidInput as exc:
+        raise ConfigError(str(exc)) from None
+    if uri and not uri.startswith("s3://"):
+        dead_letter_path = uri
+    return {
+        "bucket_shards": env_int(environ, "BUCKET_SHARDS", StreamConfig.bucket_shards, minimum=1),
+        "retention_days": env_float(environ, "RETENTION_DAYS", StreamConfig.retention_days, minimum=0.0),
+        "dead_letter_uri": uri or dead_letter_path,
+        "dead_letter_path": dead_letter_path,
+        "dead_letter_roll_s": env_float(
+            environ, "DEAD_LETTER_ROLL_S", StreamConfig.dead_letter_roll_s, minimum=1.0
+        ),
+        "dead_letter_roll_mb": env_float(
+            environ, "DEAD_LETTER_ROLL_MB", StreamConfig.dead_letter_roll_mb, minimum=0.001
+        ),
+    }

@@ -23,7 +23,10 @@ class StreamMetrics:
             "stream_tweets_predicted_total", "Tweets that got a prediction", registry=registry
         )
         self.written = Counter(
-            "stream_tweets_written_total", "Tweets written to the table", registry=registry
+            "stream_tweets_written_total",
+            "Tweets written to the table, by the sentiment written (the mix over time)",
+            ["sentiment"],
+            registry=registry,
         )
         self.dead_lettered = Counter(
             "stream_tweets_dead_lettered_total",
@@ -67,11 +70,41 @@ class StreamMetrics:
             ["status"],
             registry=registry,
         )
+        self.x_connected = Gauge(
+            "stream_x_connected", "1 while the X filtered stream is connected", registry=registry
+        )
+        self.x_connects = Counter(
+            "stream_x_connects_total", "Connections made to the X filtered stream", registry=registry
+        )
+        self.last_message = Gauge(
+            "stream_last_message_timestamp_seconds",
+            "When the source last heard anything (a tweet, a malformed message or an X keep-alive)",
+            registry=registry,
+        )
         self.abandoned = Counter(
             "stream_tweets_abandoned_total",
             "Tweets dead-lettered unfinished because the drain was abandoned (deadline or table refused)",
             ["reason"],
             registry=registry,
+        )
+        self.dead_letter_files_shipped = Counter(
+            "stream_dead_letter_files_shipped_total",
+            "Dead-letter segments shipped to DEAD_LETTER_URI (s3://)",
+            registry=registry,
+        )
+        self.dead_letter_ship_errors = Counter(
+            "stream_dead_letter_ship_errors_total",
+            "Uploads of a dead-letter segment that failed (it stays on disk and is tried again)",
+            registry=registry,
+        )
+
+    def total(self, name: str) -> float:
+        """The sum of every sample named `name`, whatever its labels (e.g. written, all sentiments)."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
         )
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:

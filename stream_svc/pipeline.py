@@ -24,6 +24,7 @@ from stream_svc.deadletter import DeadLetterFile
 from stream_svc.drain import Abandon, Unfinished, drain_or_abandon
 from stream_svc.dynamodb import TableAccessError
 from stream_svc.items import make_item, tweet_record, utc_timestamp
+from stream_svc.keys import DEFAULT_LAYOUT, TableLayout
 from stream_svc.metrics import StreamMetrics
 from stream_svc.sink import BATCH_WRITE_MAX_ITEMS, Sink, WriteFailure
 from stream_svc.sources import Source
@@ -58,7 +59,8 @@ class Pipeline:
     `batch_size` / `batch_max_wait_s`: a batch is sent when full or when its first tweet has waited that
     long. `predict_concurrency` PredictBatch calls and `write_concurrency` writers run at once.
     `metrics` receives the counts (a registry of its own when not given). `latency_samples`, when given,
-    collects each written tweet's end-to-end seconds (benchmarks).
+    collects each written tweet's end-to-end seconds (benchmarks). `layout` keys the items in time
+    (`stream_svc.keys`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Pipeline:
         write_concurrency: int = 8,
         metrics: StreamMetrics | None = None,
         latency_samples: list[float] | None = None,
+        layout: TableLayout = DEFAULT_LAYOUT,
     ) -> None:
         self.source = source
         self.client = client
@@ -86,6 +89,7 @@ class Pipeline:
         self.counters = Counters()
         self.metrics = metrics or StreamMetrics()
         self.latency_samples = latency_samples
+        self.layout = layout
         # Sized to keep every worker busy and no more: what waits in a queue only adds latency.
         self._tweets: asyncio.Queue[_Pending | EndOfStream] = asyncio.Queue(maxsize=batch_size)
         self._batches: asyncio.Queue[list[_Pending] | EndOfStream] = asyncio.Queue(
@@ -103,6 +107,11 @@ class Pipeline:
             self.metrics.queue_depth.labels(queue=name).set_function(queue.qsize)
         self._unfinished: Unfinished[_Pending | _Analyzed] = Unfinished()
         self._abandon = Abandon()
+
+    @property
+    def table_refused(self) -> bool:
+        """The table refused the credentials, permissions or the table itself (the drain was abandoned)."""
+        return self._abandon.fired and self._abandon.label == "table_refused"
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop the source; `run()` returns once everything taken in has been written or dead-lettered.
@@ -218,7 +227,7 @@ class Pipeline:
                     failed.append((tweet_record(pending.tweet, pending.clean), outcome))
                     self._unfinished.discard(pending.seq)
                 else:
-                    item = make_item(pending.tweet, pending.clean, outcome, analyzed_at)
+                    item = make_item(pending.tweet, pending.clean, outcome, analyzed_at, self.layout)
                     analyzed = _Analyzed(item, pending.received_at, pending.seq)
                     self._unfinished.replace(pending.seq, analyzed)
                     ready.append(analyzed)
@@ -261,13 +270,13 @@ class Pipeline:
             reason = failures_by_id.get(str(entry.item["id"]))
             if reason is None:
                 written += 1
+                self.metrics.written.labels(sentiment=str(entry.item.get("sentiment", ""))).inc()
                 self.metrics.latency.observe(now - entry.received_at)
                 if self.latency_samples is not None:
                     self.latency_samples.append(now - entry.received_at)
             else:
                 failed.append((dict(entry.item), reason))
         self.counters.written += written
-        self.metrics.written.inc(written)
         self._dead_letter("write", failed)
         self._sync_retries()
 

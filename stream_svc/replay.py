@@ -19,12 +19,27 @@ class ReplaySource:
 
     `rate` > 0 paces the replay at that many tweets per second; 0 goes as fast as the consumer takes them.
     The file is read in chunks in a worker thread, so a large or gzipped file never blocks the event loop.
+
+    It reports like the X source: `connected` while it is reading, `done` once the file has ended, and
+    `failure` (with `failed`) when the file could not be read, the error also raised to the reader.
     """
 
     def __init__(self, path: str | Path, rate: float = 0.0) -> None:
         self.path = Path(path)
         self.rate = rate
+        self.connected = False
+        self.done = False
+        self.failure = ""
+        self._last_yield = time.monotonic()
         self._stopped = asyncio.Event()
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failure)
+
+    def silent_s(self) -> float:
+        """Seconds since the last event was handed over (or since the source was made)."""
+        return time.monotonic() - self._last_yield
 
     def _events(self) -> Generator[SourceEvent, None, None]:
         name = self.path.name.lower()
@@ -44,10 +59,16 @@ class ReplaySource:
         events = self._events()
         started = time.monotonic()
         sent = 0
+        self.connected = True
         try:
             while not self._stopped.is_set():
-                chunk = await asyncio.to_thread(lambda: list(islice(events, _READ_CHUNK)))
+                try:
+                    chunk = await asyncio.to_thread(lambda: list(islice(events, _READ_CHUNK)))
+                except Exception as exc:
+                    self.failure = f"cannot read {self.path.name}: {exc}"
+                    raise
                 if not chunk:
+                    self.done = True
                     return
                 for event in chunk:
                     if self._stopped.is_set():
@@ -57,8 +78,10 @@ class ReplaySource:
                         if delay > 0:
                             await asyncio.sleep(delay)
                     sent += 1
+                    self._last_yield = time.monotonic()
                     yield event
         finally:
+            self.connected = False
             events.close()
 
     async def aclose(self) -> None:

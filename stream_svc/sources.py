@@ -24,6 +24,22 @@ class Source(Protocol):
         """Stop taking in tweets; iteration ends soon after (what was yielded stays yielded)."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """Taking in now: the X stream connected, the replay reading (readiness)."""
+        ...
+
+    @property
+    def failed(self) -> bool:
+        """It ended on its own, for `failure`, rather than by `aclose()` or the end of its input."""
+        ...
+
+    failure: str  # why it failed; "" while it has not
+
+    def silent_s(self) -> float:
+        """Seconds since it last heard anything from upstream (liveness)."""
+        ...
+
     def take_buffered(self) -> list[SourceEvent]:
         """Events received from upstream and not yet yielded, each handed over once: for a consumer
         that abandoned iteration to account for them rather than lose them."""

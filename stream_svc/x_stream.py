@@ -1,7 +1,10 @@
 """The X API v2 filtered stream as a source: tweepy's `AsyncStreamingClient` bridged into a bounded queue.
 
 Rules are synced at start; tweepy keeps its reconnect and backoff, except for a 401/403 (a rejected token,
-an app without access), which is tried `auth_max_tries` times and then ends the stream with `failure`.
+an app without access), which is tried `auth_max_tries` times and then ends the stream with `failure`, and
+a 429, which waits as X's "handling disconnections" asks (a minute, doubling, `rate_limit_wait_s`). The
+client exports whether it is connected, each connect, each non-200 answer and when X last sent anything
+(data or a keep-alive), and keeps `last_heard` (time.monotonic()) for the liveness probe.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -51,11 +55,20 @@ class _RebasedSession:
         return self._session.request(method, url, **kwargs)
 
 
+RATE_LIMITED = 429
+MAX_RATE_LIMIT_WAIT_S = 960.0
+
+
+def rate_limit_wait_s(in_a_row: int, first_s: float = 60.0) -> float:
+    """The wait after the `in_a_row`-th 429 in a row: `first_s` (a minute), doubling, at most 16 minutes."""
+    return min(MAX_RATE_LIMIT_WAIT_S, first_s * float(2 ** (in_a_row - 1)))
+
+
 class _Refused(Exception):
-    """Raised out of tweepy's connect loop on a 401/403, so the tries are ours to count and bound."""
+    """Raised out of tweepy's connect loop on a 401/403 or a 429, so the waits and tries are ours."""
 
     def __init__(self, status: int) -> None:
-        super().__init__(REFUSALS[status])
+        super().__init__(REFUSALS.get(status, f"HTTP {status}"))
         self.status = status
 
 
@@ -80,6 +93,7 @@ class XStreamClient(AsyncStreamingClient):  # type: ignore[misc]  # tweepy is un
         auth_max_tries: int = 3,
         auth_retry_wait_s: float = 5.0,
         metrics: StreamMetrics | None = None,
+        rate_limit_wait_s: float = 60.0,
     ) -> None:
         super().__init__(bearer_token, max_retries=max_retries)
         self.metrics = metrics or StreamMetrics()
@@ -91,6 +105,10 @@ class XStreamClient(AsyncStreamingClient):  # type: ignore[misc]  # tweepy is un
         self.auth_max_tries = auth_max_tries
         self.auth_retry_wait_s = auth_retry_wait_s
         self.refusals = 0  # 401/403 answers in a row (a successful connect resets it)
+        self.rate_limit_wait_s = rate_limit_wait_s
+        self.rate_limited = 0  # 429 answers in a row (a successful connect resets it)
+        self.connected = False
+        self.last_heard = time.monotonic()  # a tweet, a malformed message or a keep-alive; start counts
         self.failure = ""  # why the X API is given up on; empty while it is not
         self._refused: _Refused | None = None
 
@@ -100,8 +118,21 @@ class XStreamClient(AsyncStreamingClient):  # type: ignore[misc]  # tweepy is un
         while True:
             await AsyncBaseStream._connect(self, method, url, headers=headers, **kwargs)
             refused, self._refused = self._refused, None
-            if refused is None or not await self.count_refusal(refused.status, "stream connect"):
+            if refused is None:
                 return
+            if refused.status == RATE_LIMITED:
+                await self._wait_rate_limit()
+            elif not await self.count_refusal(refused.status, "stream connect"):
+                return
+
+    async def _wait_rate_limit(self) -> None:
+        """A minute after the first 429 in a row, doubling after each (at most 16 minutes), as X documents."""
+        self.rate_limited += 1
+        wait_s = rate_limit_wait_s(self.rate_limited, self.rate_limit_wait_s)
+        log.warning(
+            "X stream connect rate-limited (429, %d in a row); retrying in %.0fs", self.rate_limited, wait_s
+        )
+        await asyncio.sleep(wait_s)
 
     async def count_refusal(self, status: int, what: str) -> bool:
         """Count a 401/403 answer to `what`; wait and return True while tries remain, else set `failure`."""
@@ -122,9 +153,10 @@ class XStreamClient(AsyncStreamingClient):  # type: ignore[misc]  # tweepy is un
         return True
 
     async def on_request_error(self, status_code: int) -> None:
+        self._set_connected(False)
         self.metrics.x_http_errors.labels(status=str(status_code)).inc()
-        if status_code in REFUSALS:
-            raise _Refused(status_code)  # ends tweepy's loop, which would retry it forever
+        if status_code in REFUSALS or status_code == RATE_LIMITED:
+            raise _Refused(status_code)  # ends tweepy's loop: these waits and tries are ours
         log.warning("X stream connect answered HTTP %d; tweepy retries with backoff", status_code)
 
     async def on_exception(self, exception: Exception) -> None:
@@ -144,13 +176,40 @@ class XStreamClient(AsyncStreamingClient):  # type: ignore[misc]  # tweepy is un
             finally:
                 self.session = previous
 
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        self.metrics.x_connected.set(1 if connected else 0)
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+        self.metrics.last_message.set_to_current_time()
+
     async def on_connect(self) -> None:
         self.connects += 1
-        self.refusals = 0
+        self.refusals = self.rate_limited = 0
+        self._set_connected(True)
+        self._heard()
+        self.metrics.x_connects.inc()
         log.info("X stream connected (connection %d)", self.connects)
+
+    async def on_closed(self, response: Any) -> None:
+        self._set_connected(False)
+        await super().on_closed(response)
+
+    async def on_connection_error(self) -> None:
+        self._set_connected(False)
+        await super().on_connection_error()
+
+    async def on_disconnect(self) -> None:
+        self._set_connected(False)
+        await super().on_disconnect()
+
+    async def on_keep_alive(self) -> None:
+        self._heard()
 
     async def on_data(self, raw_data: bytes) -> None:
         # Replaces tweepy's on_data, whose json.loads would end the stream on one invalid message.
+        self._heard()
         event = parse_message(raw_data)
         try:
             await self.queue.put(event)
@@ -195,11 +254,19 @@ class XStreamSource:
         auth_max_tries: int = 3,
         auth_retry_wait_s: float = 5.0,
         metrics: StreamMetrics | None = None,
+        rate_limit_wait_s: float = 60.0,
     ) -> None:
         self.rules = list(rules)
         self.queue: asyncio.Queue[SourceEvent] = asyncio.Queue(maxsize=queue_size)
         self.client = XStreamClient(
-            bearer_token, self.queue, base_url, max_retries, auth_max_tries, auth_retry_wait_s, metrics
+            bearer_token,
+            self.queue,
+            base_url,
+            max_retries,
+            auth_max_tries,
+            auth_retry_wait_s,
+            metrics,
+            rate_limit_wait_s,
         )
         self.failure = ""
         self._closing = False
@@ -208,6 +275,15 @@ class XStreamSource:
     @property
     def failed(self) -> bool:
         return bool(self.failure)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the filtered stream now (readiness)."""
+        return self.client.connected
+
+    def silent_s(self) -> float:
+        """Seconds since X last sent anything (a tweet or a keep-alive); since the start before that."""
+        return time.monotonic() - self.client.last_heard
 
     @property
     def refused(self) -> bool:

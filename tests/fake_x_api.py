@@ -11,6 +11,10 @@
 - `refuse_stream=401` (or 403) answers every stream connect with that status and X's problem JSON (a
   rejected token; an app not enrolled for the filtered stream) while the rules endpoints still answer;
   `refused` counts those answers. A wrong bearer token gets 401 from every endpoint.
+- `answer_first=[429, 429]` answers the first stream connects with those statuses (X's rate limit), then
+  streams as usual.
+- `stall()` / `unstall()`: while stalled the open stream sends nothing at all, not even keep-alives (a
+  stream X has silently stopped feeding).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class FakeXApi:
         keepalive_s: float = 0.2,
         keepalive_every: int = 7,
         refuse_stream: int = 0,
+        answer_first: Iterable[int] = (),
     ) -> None:
         self.messages: list[bytes] = [self._encode(m) for m in messages]
         self.bearer_token = bearer_token
@@ -72,6 +77,8 @@ class FakeXApi:
         self.keepalive_s = keepalive_s
         self.keepalive_every = keepalive_every
         self.refuse_stream = refuse_stream
+        self.answer_first = list(answer_first)
+        self.stalled = asyncio.Event()
         self.refused = 0
         self.cursor = 0  # index of the next message to send
         self.sent = 0  # messages written, resends included
@@ -172,6 +179,16 @@ class FakeXApi:
         if self.refuse_stream:
             self.refused += 1
             return web.json_response(PROBLEMS[self.refuse_stream], status=self.refuse_stream)
+        if self.answer_first:
+            self.refused += 1
+            status = self.answer_first.pop(0)
+            body = {
+                "title": "Too Many Requests",
+                "detail": "Too Many Requests",
+                "type": "about:blank",
+                "status": status,
+            }
+            return web.json_response(PROBLEMS.get(status, body), status=status)
         self.connections += 1
         self.stream_queries.append(dict(request.query))
         response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
@@ -184,8 +201,17 @@ class FakeXApi:
             pass
         return response
 
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def unstall(self) -> None:
+        self.stalled.clear()
+
     async def _send_from(self, request: web.Request, response: web.StreamResponse, index: int) -> None:
         while True:
+            if self.stalled.is_set():
+                await asyncio.sleep(self.keepalive_s)
+                continue
             if index >= len(self.messages) or not self._open.is_set():
                 try:
                     async with asyncio.timeout(self.keepalive_s):

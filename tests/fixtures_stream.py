@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,12 @@ class ListSource:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[SourceEvent | None] = asyncio.Queue()
         self.taken = 0
+        self.connected = True
+        self.failed = False
+        self.failure = ""
+
+    def silent_s(self) -> float:
+        return 0.0
 
     def push(self, events: Sequence[SourceEvent]) -> None:
         for event in events:
@@ -171,6 +179,23 @@ async def spawn_stream_svc(env: dict[str, str], *args: str) -> asyncio.subproces
     )
 
 
+async def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120) -> tuple[int, str]:
+    """`python -m stream_svc ARGS` as a child (the test's loop stays free for a proxy or model_svc), on top
+    of this process's environment with LOG_LEVEL=WARNING and `env`: (exit code, stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stream_svc",
+        *args,
+        env={**os.environ, "LOG_LEVEL": "WARNING", **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
 def log_records(stderr: bytes) -> list[dict[str, Any]]:
     """The JSON log lines of a child's stderr (it is not a terminal, so it logs JSON)."""
     return [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
@@ -197,9 +222,9 @@ def table_items(table: str) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture
 async def stream_table(aws: LocalAws) -> str:
-    """A fresh analysis table (partition key `id`) on the local endpoint."""
+    """A fresh analysis table (partition key `id`, the `by_time` index) on the local endpoint."""
     name = f"tweets-{uuid.uuid4().hex[:10]}"
-    assert await create_table(name)
+    assert (await create_table(name)).created
     return name
 
 
@@ -233,6 +258,8 @@ class DynamoFaultProxy:
     The first `throttle` BatchWriteItem requests are answered 400 with a throttling error (the three codes
     in turn) and never reach the table; the next `unprocessed` requests forward only their first half
     and answer the rest as `UnprocessedItems`, as DynamoDB does under pressure. Everything else passes.
+    `targets` counts every request by operation (`Query`, `Scan`, ...) and `put_ids` the PutRequests of
+    each tweet id that reached the table: what the endpoint saw, whatever the client says.
     """
 
     def __init__(self, upstream: str, throttle: int = 0, unprocessed: int = 0) -> None:
@@ -242,6 +269,8 @@ class DynamoFaultProxy:
         self.throttled = 0
         self.split = 0
         self.batch_requests = 0
+        self.targets: Counter[str] = Counter()
+        self.put_ids: Counter[str] = Counter()
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -265,6 +294,7 @@ class DynamoFaultProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.targets[request.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]] += 1
         if request.headers.get("X-Amz-Target", "").endswith(".BatchWriteItem"):
             self.batch_requests += 1
             if self.throttled < self.throttle:
@@ -287,7 +317,19 @@ class DynamoFaultProxy:
                     parsed.setdefault("UnprocessedItems", {}).setdefault(table, []).extend(hold)
                     return web.json_response(parsed, status=status, content_type="application/x-amz-json-1.0")
         status, answer = await self._forward(request, body)
+        if status == 200 and request.headers.get("X-Amz-Target", "").endswith(".BatchWriteItem"):
+            self._count_puts(body, answer)
         return web.Response(body=answer, status=status, content_type="application/x-amz-json-1.0")
+
+    def _count_puts(self, body: bytes, answer: bytes) -> None:
+        (requests,) = json.loads(body)["RequestItems"].values()
+        unprocessed = [u for u in json.loads(answer).get("UnprocessedItems", {}).values()]
+        held = {
+            r["PutRequest"]["Item"]["id"]["S"] for group in unprocessed for r in group if "PutRequest" in r
+        }
+        for entry in requests:
+            if "PutRequest" in entry and entry["PutRequest"]["Item"]["id"]["S"] not in held:
+                self.put_ids[entry["PutRequest"]["Item"]["id"]["S"]] += 1
 
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
         assert self._session is not None

@@ -162,3 +162,33 @@ async def test_an_item_past_its_deadline_is_not_computed() -> None:
     assert await on_time == 30
     assert fn.batches == [[1], [3]]
     await batcher.aclose()
+
+
+async def test_a_submission_stays_whole_and_a_large_one_runs_in_chunks() -> None:
+    fn = Recorder()
+    batcher: Batcher[int, int] = Batcher(fn, max_batch_size=4, max_wait_s=0.0)
+    small = [asyncio.ensure_future(batcher.submit_many([10 * k + i for i in range(3)])) for k in range(3)]
+    large = asyncio.ensure_future(batcher.submit_many(list(range(100, 110))))
+    assert [await f for f in small] == [[100 * k + 10 * i for i in range(3)] for k in range(3)]
+    assert await large == [10 * i for i in range(100, 110)]
+    await batcher.aclose()
+    assert [len(b) for b in fn.batches[:3]] == [3, 3, 3], "three items each: two never fit in four"
+    assert fn.batches[3:] == [[100, 101, 102, 103], [104, 105, 106, 107], [108, 109]]
+
+
+async def test_callers_served_together_are_gathered_again_without_waiting_out_max_wait() -> None:
+    fn = Recorder()
+    batcher: Batcher[int, int] = Batcher(fn, max_batch_size=32, max_wait_s=30.0)
+    round_one = [asyncio.ensure_future(batcher.submit_many([i] * 8)) for i in range(4)]  # 32: full, at once
+    done, _ = await asyncio.wait(round_one, timeout=5)
+    assert done == set(round_one)
+    fn.batches.clear()
+    # The same four callers come back, short of a full batch: the batch waits for the fourth, not 30 s.
+    round_two = [asyncio.ensure_future(batcher.submit_many([i] * 4)) for i in range(3)]
+    done, _ = await asyncio.wait(round_two, timeout=0.1)
+    assert not done, "three of last round's four callers are back: the batch waits for the fourth"
+    round_two.append(asyncio.ensure_future(batcher.submit_many([3] * 4)))
+    done, _ = await asyncio.wait(round_two, timeout=5)
+    assert done == set(round_two)
+    assert fn.batches == [[0] * 4 + [1] * 4 + [2] * 4 + [3] * 4]
+    await batcher.aclose()

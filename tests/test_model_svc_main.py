@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from protos import predict_pb2, predict_pb2_grpc
 from scripts.local_aws import free_port
@@ -35,8 +36,17 @@ async def test_serves_and_exits_0_on_sigterm(model_store: Path, tmp_path: Path) 
         assert reply.model_version == "v1"
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
-        assert 'model_svc_requests_total{code="OK",rpc="Predict"} 1.0' in page
-        assert 'model_svc_model{version="v1"} 1.0' in page
+        # Label-agnostic: with WORKERS > 1 every series also carries a `worker` label.
+        samples = [s for family in text_string_to_metric_families(page) for s in family.samples]
+
+        def total(name: str, **labels: str) -> float:
+            return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+        assert total("model_svc_requests_total", code="OK", rpc="Predict") == 1.0
+        served = [
+            s.value for s in samples if s.name == "model_svc_model_info" and s.labels["version"] == "v1"
+        ]
+        assert served and set(served) == {1.0}, "every worker serves v1"
         assert "model_svc_batch_texts_bucket" in page and "model_svc_model_load_seconds" in page
         code = await asyncio.to_thread(program.stop, 30)
     finally:

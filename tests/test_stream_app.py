@@ -29,11 +29,13 @@ def port_is_free(port: int) -> bool:
 
 
 async def scrape(url: str, name: str) -> float:
-    """The value of the unlabelled sample `name` at `url` (0 when it is not there yet)."""
+    """The sum of the samples `name` at `url`, whatever their labels (0 when there are none yet)."""
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         text = await response.text()
-    values = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(values[0]) if values else 0.0
+    values = [
+        line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(float(v) for v in values)
 
 
 async def test_run_serves_its_own_metrics_and_closes_everything_at_the_end(

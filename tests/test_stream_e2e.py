@@ -39,6 +39,8 @@ ITEM_KEYS = {
     "data",
     "model_version",
     "analyzed_at",
+    "time_bucket",
+    "time_sort",
 }
 
 
@@ -72,6 +74,8 @@ async def test_fake_x_to_model_svc_to_table(
         assert row["data"]["S"] == tweet.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         assert row["sentiment"]["S"] in ("POSITIVE", "NEUTRAL", "NEGATIVE")
         assert row["model_version"]["S"] == "v1"
+        assert row["time_bucket"]["S"] == tweet.created_at.strftime("%Y-%m-%dT%H")
+        assert row["time_sort"]["S"] == f"{row['data']['S']}#{tweet.id}"
         assert "https://" not in row["twitter_clean"]["S"]
 
 

@@ -90,7 +90,8 @@ async def test_replay_jsonl_through_pipeline_balances_counters(
     assert max(len(b) for b in client.batches) == 32
     item = next(iter(sink.items.values()))
     assert set(item) == {
-        "id", "user", "sentiment", "score", "twitter_raw", "twitter_clean", "data", "model_version", "analyzed_at"
+        "id", "user", "sentiment", "score", "twitter_raw", "twitter_clean", "data", "model_version", "analyzed_at",
+        "time_bucket", "time_sort",
     }  # fmt: skip
     assert item["data"].endswith("Z") and item["model_version"] == "fake-1"
     assert not dead_letter_path.exists()
@@ -112,7 +113,7 @@ async def test_each_pipeline_counts_into_its_own_registry(tmp_path: Path) -> Non
     for metrics, n in runs:
         assert metrics.sample("stream_tweets_received_total") == n + 1
         assert metrics.sample("stream_tweets_predicted_total") == n
-        assert metrics.sample("stream_tweets_written_total") == n
+        assert metrics.total("stream_tweets_written_total") == n
         assert metrics.sample("stream_tweet_latency_seconds_count") == n
         assert metrics.sample("stream_tweets_skipped_total", {"reason": "empty_after_cleaning"}) == 1
         assert metrics.sample("stream_messages_malformed_total", {"kind": "invalid_json"}) == 1

@@ -148,7 +148,7 @@ async def test_create_table_cli_is_idempotent_and_report_prints_totals_and_plot(
     table = f"report-{uuid.uuid4().hex[:8]}"
     first = _cli("create-table", table=table)
     assert first.returncode == 0 and "created" in first.stdout, first.stderr
-    assert not await create_table(table)  # already there
+    assert not (await create_table(table)).created  # already there
     sink = await DynamoSink.open(table)
     try:
         rows = [item(i, "POSITIVE", "0.9", hour=10) for i in range(10)]

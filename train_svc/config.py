@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 
-from sentiment.config import Environ, env_float, env_int, env_str
+from sentiment.config import Environ, env_float, env_int, env_str, setting
 from sentiment.dataset import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DatasetLimits
 from sentiment.errors import ConfigError, InvalidInput
 from sentiment.store import check_location
-
-
-def package_version() -> str:
-    """The installed version of this project, recorded in manifests when CODE_VERSION is not set."""
-    try:
-        return metadata.version("tweet-sentiment")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "unknown"
 
 
 def _check_uri(key: str, value: str) -> None:
@@ -28,22 +19,45 @@ def _check_uri(key: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    store_uri: str  # s3://bucket/prefix or a local directory: models/ and jobs/ live there
-    listen_addr: str = "[::]:50051"
-    dataset_uri: str = ""  # default dataset when a Train request names none
-    auth_token: str = ""  # when set, Train / CancelJob / PromoteModel need `authorization: Bearer <token>`
-    work_dir: str = ""  # scratch space for datasets and bundles; "" = a temporary directory
-    metrics_port: int = 8001  # 0 = off
-    grace_s: float = 10.0
-    log_level: str = "INFO"
-    cancel_timeout_s: float = 5.0  # a trainer that ignores the stop request this long is terminated
-    code_version: str = ""  # recorded in each manifest; "" = the installed package version
+    store_uri: str = setting(
+        "STORE_URI", "s3://bucket/prefix or a local directory: models/ and jobs/ live there"
+    )
+    listen_addr: str = setting("LISTEN_ADDR", "gRPC address (host:0 picks a free port)", "[::]:50051")
+    dataset_uri: str = setting("DATASET_URI", "dataset a Train request that names none uses", "")
+    auth_token: str = setting(
+        "TRAIN_AUTH_TOKEN", "when set, Train/CancelJob/PromoteModel need `authorization: Bearer <token>`", ""
+    )
+    work_dir: str = setting(
+        "WORK_DIR",
+        "scratch space for datasets and bundles (locked, swept at start); empty: a temporary directory",
+        "",
+    )
+    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8001)
+    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0)
+    log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
+    cancel_timeout_s: float = setting(
+        "CANCEL_TIMEOUT_S", "seconds a trainer gets to stop by itself before it is terminated", 5.0
+    )
+    code_version: str = setting(
+        "CODE_VERSION", "recorded in each manifest; empty: the installed package version", ""
+    )
+    code_revision: str = setting("CODE_REVISION", "the commit, reported by train_svc_build_info", "")
     max_message_bytes: int = 4 << 20
     # What one dataset may cost the trainer (the pod has 6 GiB): rows kept in memory (more are sampled
     # down to this, and the job says so), and bytes, both downloaded and read after gzip (more fails the job).
-    max_dataset_rows: int = DEFAULT_MAX_ROWS
-    max_dataset_bytes: int = DEFAULT_MAX_BYTES
-    max_queued_jobs: int = 16  # a Train beyond this many waiting jobs is RESOURCE_EXHAUSTED
+    max_dataset_rows: int = setting(
+        "MAX_DATASET_ROWS",
+        "rows kept in memory; more are sampled down to this (seeded, uniform)",
+        DEFAULT_MAX_ROWS,
+    )
+    max_dataset_bytes: int = setting(
+        "MAX_DATASET_BYTES",
+        "largest dataset download, and most bytes read from it after gzip",
+        DEFAULT_MAX_BYTES,
+    )
+    max_queued_jobs: int = setting(
+        "MAX_QUEUED_JOBS", "jobs that may wait behind the running one; more: RESOURCE_EXHAUSTED", 16
+    )
 
     def __post_init__(self) -> None:
         _check_uri("STORE_URI", self.store_uri)
@@ -67,6 +81,7 @@ class TrainConfig:
             log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
             cancel_timeout_s=env_float(environ, "CANCEL_TIMEOUT_S", cls.cancel_timeout_s, minimum=0.0),
             code_version=environ.get("CODE_VERSION", ""),
+            code_revision=environ.get("CODE_REVISION", ""),
             # Ten rows is the least the trainer can split into train, validation and test.
             max_dataset_rows=env_int(environ, "MAX_DATASET_ROWS", cls.max_dataset_rows, minimum=10),
             max_dataset_bytes=env_int(environ, "MAX_DATASET_BYTES", cls.max_dataset_bytes, minimum=1),

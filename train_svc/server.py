@@ -12,9 +12,9 @@ import grpc
 from protos import train_pb2_grpc
 from sentiment import rpc
 from sentiment.lifecycle import Grace, Lifecycle
-from sentiment.metrics import MetricsEndpoint
+from sentiment.metrics import MetricsEndpoint, build_info, package_version
 from sentiment.store import ArtifactStore, open_store
-from train_svc.config import TrainConfig, package_version
+from train_svc.config import TrainConfig
 from train_svc.metrics import TrainMetrics
 from train_svc.runner import JobRunner
 from train_svc.servicer import SERVICE_NAME, TrainService
@@ -49,6 +49,9 @@ async def start_server(config: TrainConfig) -> TrainServer:
         store = await open_store(config.store_uri)
         stack.push_async_callback(store.aclose)
         metrics = TrainMetrics()
+        build_info(
+            metrics.registry, "train_svc", config.code_version or package_version(), config.code_revision
+        )
         endpoint = MetricsEndpoint(metrics.registry, config.metrics_port)
         stack.callback(endpoint.close)
         runner = _runner(config, store, metrics)

@@ -46,22 +46,85 @@ def test_gitlab_ci_has_the_five_stages_in_order() -> None:
     assert stages == {"test_before_build", *RELEASE_STAGES}
 
 
-def test_release_stages_run_only_for_tags_and_never_for_merge_requests() -> None:
+RELEASE_TAG = {"CI_COMMIT_TAG": "v1.2.3", "CI_PIPELINE_SOURCE": "push", "CI_DEFAULT_BRANCH": "main"}
+DEFAULT_BRANCH = {"CI_COMMIT_BRANCH": "main", "CI_DEFAULT_BRANCH": "main", "CI_PIPELINE_SOURCE": "push"}
+
+
+def runs_on(job: dict[str, object], variables: dict[str, str]) -> bool:
+    """Whether the job's rules admit a pipeline with `variables` (a manual rule counts as not running)."""
+    for rule in job.get("rules", []):  # type: ignore[attr-defined]
+        if evaluate_if(str(rule.get("if", "true")), variables):
+            return bool(rule.get("when", "on_success") != "manual")
+    return False
+
+
+def test_delivery_never_runs_for_merge_requests_and_production_only_for_release_tags() -> None:
     for name, raw in ci_jobs().items():
         job = resolved(raw)
-        rules = job.get("rules", [])
-        conditions = " ".join(str(rule.get("if", "")) for rule in rules)
         if job["stage"] == "test_before_build":
             continue
-        assert rules and "merge_request_event" not in conditions, name
-        if all(rule.get("when") == "manual" for rule in rules):
-            assert name == "rollback" and "ROLLBACK_TAG" in json.dumps(job["script"])
+        assert job.get("rules") and not runs_on(job, MERGE_REQUEST), name
+        if name == "rollback":
+            assert "ROLLBACK_TAG" in json.dumps(job["script"]) and not runs_on(job, RELEASE_TAG)
             continue
-        for rule in rules:
-            assert "$CI_COMMIT_TAG =~ /^v" in rule["if"] and rule.get("when", "on_success") != "manual", name
+        production = (job.get("environment") or {}).get("name") == "production" or name.endswith(":prod")
+        assert runs_on(job, RELEASE_TAG), f"{name} must run for a release tag"
+        assert runs_on(job, DEFAULT_BRANCH) != production, f"{name}: the default branch goes to dev only"
     guard = resolved(ci_jobs()["release:guard"])
     assert "$CI_COMMIT_TAG" in guard["rules"][0]["if"]
     assert any("merge-base --is-ancestor" in line for line in guard["script"])
+
+
+def test_images_are_built_daemonless_scanned_then_dev_smoke_tested_before_production() -> None:
+    jobs = {name: resolved(job) for name, job in ci_jobs().items()}
+    variables = gitlab_ci()["variables"]
+    text = (REPO / ".gitlab-ci.yml").read_text()
+    assert "kaniko" not in text.lower(), "kaniko is unmaintained"
+    build = jobs["build"]
+    assert build["image"] == "$BUILDAH_IMAGE" and variables["BUILDAH_IMAGE"].startswith(
+        "quay.io/buildah/stable:v"
+    )
+    script = " ".join(build["script"])
+    assert "buildah build" in script and 'buildah push "$CI_REGISTRY_IMAGE/$SERVICE:$IMAGE_TAG"' in script
+    assert "--password-stdin" in script and build["variables"]["BUILDAH_ISOLATION"] == "chroot"
+    assert [m["SERVICE"] for m in build["parallel"]["matrix"]] == [list(SERVICES)]
+    # Images are tagged like the release on a tag, and after the commit on the default branch.
+    tags = {
+        str(rule["if"]): rule["variables"]["IMAGE_TAG"]
+        for rule in gitlab_ci()["workflow"]["rules"]
+        if "variables" in rule
+    }
+    assert tags == {
+        "$CI_COMMIT_TAG =~ /^v\\d+\\.\\d+\\.\\d+$/": "$CI_COMMIT_TAG",
+        "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH": "$CI_DEFAULT_BRANCH-$CI_COMMIT_SHORT_SHA",
+    }
+    scan = jobs["scan"]
+    assert scan["stage"] == "build" and scan["needs"] == ["build"]
+    assert scan["image"]["name"] == "$TRIVY_IMAGE" and variables["TRIVY_IMAGE"].startswith("aquasec/trivy:")
+    (line,) = scan["script"]
+    assert "--exit-code 1" in line and "--severity CRITICAL" in line and "--ignore-unfixed" in line
+    assert jobs["pull_image"]["needs"] == ["scan"] and jobs["pull_image:prod"]["needs"] == ["scan"]
+    # dev, its verification, then production and its verification: both GitLab environments.
+    chain = [
+        ("deploy:dev", "deploy", {"name": "dev", "deployment_tier": "development"}, ["pull_image"]),
+        ("smoke:dev", "deploy", {"name": "dev", "action": "verify"}, ["deploy:dev"]),
+        (
+            "deploy:prod",
+            "deploy",
+            {"name": "production", "deployment_tier": "production"},
+            ["smoke:dev", "pull_image:prod"],
+        ),
+        ("smoke:prod", "test_after_deploy", {"name": "production", "action": "verify"}, ["deploy:prod"]),
+    ]
+    for name, stage, environment, needs in chain:
+        assert jobs[name]["stage"] == stage and jobs[name]["environment"] == environment, name
+        assert jobs[name]["needs"] == needs, name
+    assert jobs["deploy:dev"]["variables"] == {
+        "KUBE_NAMESPACE": "$DEV_NAMESPACE",
+        "OVERLAY": "manifests/overlays/dev",
+    }
+    for name in ("smoke:dev", "smoke:prod"):
+        assert "smoke-test-pod.yaml" in " ".join(jobs[name]["script"]), name
 
 
 def test_merge_requests_run_per_service_tests_only_when_that_service_changes() -> None:
@@ -79,11 +142,6 @@ def test_merge_requests_run_per_service_tests_only_when_that_service_changes() -
     assert "merge_request_event" in full_mr_rule["if"] and "merge_request_event" in full_other_rule["if"]
     for shared in ("sentiment/**/*", "protos/**/*", "tests/**/*", "constraints.txt"):
         assert shared in full_mr_rule["changes"]["paths"], "shared changes run every test"
-    build = jobs["build"]
-    image = build["image"]["name"].replace("$KANIKO_IMAGE", gitlab_ci()["variables"]["KANIKO_IMAGE"])
-    assert image.startswith("gcr.io/kaniko-project/executor:v")
-    assert "$CI_REGISTRY_IMAGE/$SERVICE:$CI_COMMIT_TAG" in " ".join(build["script"])
-    assert [m["SERVICE"] for m in build["parallel"]["matrix"]] == [list(SERVICES)]
 
 
 def test_ci_calls_the_make_targets_and_pins_what_it_runs() -> None:

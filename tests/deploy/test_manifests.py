@@ -64,7 +64,10 @@ def test_serving_containers_have_native_grpc_probes(overlay: str) -> None:
         assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in ctr["ports"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert ctr[probe]["grpc"]["port"] == port, f"{deployment} {probe}"
-    assert "readinessProbe" not in container(objects, "stream-svc"), "stream-svc serves no gRPC"
+    stream = container(objects, "stream-svc")  # no gRPC: HTTP probes on its metrics port
+    assert stream["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert stream["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {p["name"] for p in stream["ports"]} == {"metrics"}
 
 
 def test_model_svc_scales_spreads_and_sizes_tensorflow_to_its_cpu_limit(overlay: str) -> None:

@@ -1,0 +1,72 @@
+"""bench_predict's in-process lines, in a spawned process of their own on the server's CPUs.
+
+`init` loads the bundle once (TensorFlow sized to those CPUs, as model_svc sizes it); then `naive_row` is
+the original deployment's Keras `model.predict` per tweet, `batch_rows` the server's own path
+(`LoadedModel.predict_texts`: tokenize, group by length, the compiled graph) at the batch sizes asked for,
+and `scores` the in-process scores every server is checked against.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.predict_grpc import row
+
+_model: Any = None
+
+
+def init(bundle_dir: Path, cpus: set[int]) -> bool:
+    """Pin this process to `cpus` and load the bundle; True when the fused serving graph is in use."""
+    global _model
+    os.sched_setaffinity(0, cpus)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model_svc.model import LoadedModel, configure_threads
+    from sentiment.bundle import read_local_bundle
+
+    configure_threads(len(cpus), 1)
+    _model = LoadedModel(read_local_bundle(bundle_dir, "bench"))
+    _model.warm()
+    return bool(_model.fused)
+
+
+def naive_row(texts: list[str], seconds: float) -> dict[str, Any]:
+    """Keras `model.predict` per tweet, as the original REST API did (at most 200 calls)."""
+    from sentiment.text import encode, tokenize
+
+    preprocessing = _model.bundle.preprocessing
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds and len(latencies) < 200:
+        text = texts[len(latencies) % len(texts)]
+        t0 = time.perf_counter()
+        ids = encode(
+            [tokenize(text, preprocessing.text)], _model.bundle.vocabulary, preprocessing.sequence_length
+        )
+        _model.keras_model.predict(ids, verbose=0)
+        latencies.append(time.perf_counter() - t0)
+    return row("in-process model.predict per tweet", len(latencies), time.perf_counter() - started, latencies)
+
+
+def batch_rows(texts: list[str], seconds: float, batches: list[int]) -> list[dict[str, Any]]:
+    """`predict_texts` on consecutive chunks of each size in `batches`, `seconds` each."""
+    rows = []
+    for batch in batches:
+        latencies: list[float] = []
+        done, offset = 0, 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            chunk = texts[offset : offset + batch]
+            offset = (offset + batch) % (len(texts) - batch)
+            t0 = time.perf_counter()
+            _model.predict_texts(chunk)
+            latencies.append(time.perf_counter() - t0)
+            done += len(chunk)
+        rows.append(row(f"in-process batch {batch}", done, time.perf_counter() - started, latencies))
+    return rows
+
+
+def scores(texts: list[str]) -> list[float]:
+    return [p.score for p in _model.predict_texts(texts)]

@@ -1,0 +1,167 @@
+"""bench_predict's ratios and tables: the issue's goals, each as a ratio within the run, and the printed report."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+SVC, SVC_2W, SVC_1W2T = "model_svc", "model_svc 2 workers", "model_svc 1 worker, 2 TF threads"
+BATCH_LINES = ["PredictBatch 64 c=4", "PredictBatch 256 c=4"]
+
+
+def in_process_at(in_process: dict[str, dict[str, Any]], batch: float) -> float:
+    """In-process texts/s at `batch` texts a call, interpolated between the measured sizes (log scale)."""
+    points = sorted(
+        (int(name.rsplit(" ", 1)[1]), r["tweets_per_s"])
+        for name, r in in_process.items()
+        if name.startswith("in-process batch")
+    )
+    batch = min(max(batch, points[0][0]), points[-1][0])
+    for (b0, t0), (b1, t1) in itertools.pairwise(points):
+        if b0 <= batch <= b1:
+            w = (math.log(batch) - math.log(b0)) / (math.log(b1) - math.log(b0)) if b1 > b0 else 0.0
+            return float(t0 + w * (t1 - t0))
+    return float(points[-1][1])
+
+
+def best_mlserver(rows: dict[str, Any], result: dict[str, Any], line: str, cores: int) -> tuple[str, float]:
+    """The MLServer config with the most texts/s on `line` among those on `cores` cores, in `rows`."""
+    found = [
+        (rows[name][line]["tweets_per_s"], name)
+        for name in result["mlserver"]
+        if result["cores"][name] == cores and line in rows[name]
+    ]
+    rate, name = max(found)
+    return name, rate
+
+
+def paired(result: dict[str, Any], ratio: Callable[[dict[str, Any], dict[str, Any]], float]) -> float:
+    """The median over the passes of `ratio(pass rows, pass in-process rows)`: both sides of each ratio
+    measured in the same pass, back to back, so slow drifts in the machine's load cancel."""
+    pairs = zip(result["passes"], result["in_process_passes"], strict=True)
+    return float(statistics.median(ratio(rows, local) for rows, local in pairs))
+
+
+def _goal(goal: str, value: float, target: float, higher: bool = True, detail: str = "") -> dict[str, Any]:
+    met = value >= target if higher else value <= target
+    return {"goal": goal, "value": round(value, 3), "target": target, "met": met, "detail": detail}
+
+
+def _rate(rows: dict[str, Any], config: str, line: str) -> float:
+    return float(rows[config][line]["tweets_per_s"])
+
+
+Ratio = Callable[[dict[str, Any], dict[str, Any]], float]
+
+
+def _vs_mlserver(result: dict[str, Any], line: str) -> Ratio:
+    return lambda rows, local: _rate(rows, SVC, line) / best_mlserver(rows, result, line, 1)[1]
+
+
+def _vs_in_process(line: str) -> Ratio:
+    return lambda rows, local: (
+        _rate(rows, SVC, line) / in_process_at(local, rows[SVC][line].get("mean_batch", 1))
+    )
+
+
+def _vs(config: str, line: str, other: str, other_line: str) -> Ratio:
+    return lambda rows, local: _rate(rows, config, line) / _rate(rows, other, other_line)
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, each a ratio within the run (paired per pass, then the median of the passes)."""
+    rows, out = result["rows"], []
+    svc, c64 = rows[SVC], "Predict c=64"
+    for line in BATCH_LINES:
+        best = best_mlserver(rows, result, line, 1)[0]
+        out.append(
+            _goal(f"{line} vs MLServer's best", paired(result, _vs_mlserver(result, line)), 1.15, detail=best)
+        )
+        detail = f"at the batch it ran, {svc[line].get('mean_batch', 1):.0f} texts"
+        out.append(_goal(f"{line} vs in-process", paired(result, _vs_in_process(line)), 0.95, detail=detail))
+    best = best_mlserver(rows, result, c64, 1)[0]
+    out.append(
+        _goal(f"{c64} vs MLServer's best", paired(result, _vs_mlserver(result, c64)), 3.0, detail=best)
+    )
+    out.append(_goal(f"{c64} vs no-op c=64", paired(result, _vs(SVC, c64, SVC, "no-op c=64")), 0.65))
+    out.append(_goal("Predict c=1 p50 ms", svc["Predict c=1"]["p50_ms"], 2.0, higher=False))
+    naive = result["in_process"]["model.predict per tweet"]["tweets_per_s"]
+    for line in ("Predict c=1", "Predict c=16", c64):
+        out.append(_goal(f"{line} vs model.predict per tweet", svc[line]["tweets_per_s"] / naive, 100.0))
+    for line in (c64, *BATCH_LINES):
+        out.append(
+            _goal(f"{line}: 2 cores vs 1", paired(result, _vs(SVC_2W, line, SVC, line)), 1.8, detail=SVC_2W)
+        )
+    out.append(_goal(f"{c64} p99 / p50", svc[c64]["p99_ms"] / svc[c64]["p50_ms"], 2.0, higher=False))
+    for name, diff in result["score_max_abs_diff"].items():
+        out.append(_goal(f"{name}: max |score - in-process|", diff, 1e-5, higher=False))
+    return out
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    return f"{row['tweets_per_s']:,.0f} ({row['p50_ms']:.1f} / {row['p99_ms']:.1f})"
+
+
+def _table(title: str, columns: list[str], lines: list[str], result: dict[str, Any], ratio: Any) -> None:
+    rows = result["rows"]
+    print(f"\n{title}: texts/s (p50 / p99 ms), medians of {len(result['passes'])} passes")
+    print("| line | " + " | ".join(columns) + " | ratio |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    for line in lines:
+        cells = [_cell(rows[c].get(line)) for c in columns]
+        print(f"| {line} | " + " | ".join(cells) + f" | {ratio(line)} |")
+
+
+def print_report(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    one = [n for n in result["mlserver"] if result["cores"][n] == 1]
+    lines = list(rows[SVC])
+
+    def vs_mlserver(line: str) -> str:
+        _, rate = best_mlserver(rows, result, line, 1)
+        return f"{rows[SVC][line]['tweets_per_s'] / rate:.2f}x"
+
+    _table("Peers on 1 core (load generator on the other)", [SVC, *one], lines, result, vs_mlserver)
+    two = [n for n in result["mlserver"] if result["cores"][n] == 2]
+    scaling = [SVC, SVC_2W, SVC_1W2T, *two]
+
+    def vs_one_core(line: str) -> str:
+        return f"{rows[SVC_2W][line]['tweets_per_s'] / rows[SVC][line]['tweets_per_s']:.2f}x"
+
+    _table(
+        "Scaling (2 cores shared with the load generator)", scaling, list(rows[SVC_2W]), result, vs_one_core
+    )
+    print("\nserver CPU used, cores (texts per server CPU-second), same lines:")
+    for line in rows[SVC_2W]:
+        cells = []
+        for c in scaling:
+            cores = rows[c][line].get("server_cores", 0.0)
+            per_core = rows[c][line]["tweets_per_s"] / cores if cores else 0.0
+            cells.append(f"{c}: {cores:.2f} ({per_core:,.0f})")
+        print(f"  {line:22} " + "  ".join(cells))
+    print("\nin process (CPU 0):")
+    for name, r in result["in_process"].items():
+        print(f"  {name:34} {r['tweets_per_s']:>9,.0f}/s  p50 {r['p50_ms']:.2f} ms")
+    print(f"  (fused serving graph: {result['fused_graph']})")
+    print("\nmean batch the servers ran (model_svc):")
+    for config in (SVC, SVC_2W, SVC_1W2T):
+        print(
+            f"  {config:34} " + ", ".join(f"{k}: {v.get('mean_batch', '-')}" for k, v in rows[config].items())
+        )
+    print()
+    for goal in result["goals"]:
+        mark = "MET " if goal["met"] else "MISS"
+        detail = f"  ({goal['detail']})" if goal["detail"] else ""
+        print(f"{mark} {goal['goal']}: {goal['value']:g} (target {goal['target']:g}){detail}")
+    spreads = [r["spread"] for config in rows.values() for r in config.values()]
+    print(
+        f"\nnoise: the passes' throughput spread (max - min) / median: median {statistics.median(spreads):.1%}, "
+        f"worst {max(spreads):.1%}"
+    )
+    print(f"memory (RSS of each server's processes, MiB): {result['memory_rss_mib']}")
+    print(f"SIGTERM exit codes: {result['sigterm_exit_codes']}")
