@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,7 @@ from typing import Any
 import boto3
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine, utc_now, write_results
-from benchmarks.moto_indexed import TAG
-from scripts.local_aws import LocalAws
+from benchmarks.moto_indexed import TAG, IndexedLocalAws
 from sentiment.prediction import Prediction
 from stream_svc.dynamodb import INDEX_DEFINITION, KEY_ATTRIBUTES, to_dynamodb
 from stream_svc.items import make_item
@@ -54,30 +52,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 IMPORT_PART = 50_000  # items per S3 object of the import
 LABELS = (("POSITIVE", 0.91), ("NEGATIVE", 0.08), ("NEUTRAL", 0.55))
 TEXT = "the new phone is {} honestly, what a day https://t.co/{:08x} #tech"
-
-
-class IndexedLocalAws(LocalAws):
-    """`scripts.local_aws.LocalAws`, its server run as `python -m benchmarks.moto_indexed`."""
-
-    def start(self, timeout_s: float = 60.0) -> LocalAws:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.moto_indexed", "-H", "127.0.0.1", "-p", str(self.port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MOTO_CALL_RESET_API": "false"},
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"moto server did not answer on {self.endpoint} within {timeout_s}s")
 
 
 def typed_item(i: int, per_hour: int) -> dict[str, Any]:

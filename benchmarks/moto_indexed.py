@@ -28,6 +28,8 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
+from scripts.local_aws import LocalAws
+
 TAG = {"Key": "bench-index", "Value": "on"}
 _local = threading.local()
 _lock = threading.Lock()
@@ -173,6 +175,12 @@ def _typed_answers(method: Any) -> Any:
 
 
 _ORIGINAL: dict[str, Any] = {}
+
+
+class IndexedLocalAws(LocalAws):
+    """`scripts.local_aws.LocalAws`, its server run as `python -m benchmarks.moto_indexed`."""
+
+    server_module = "benchmarks.moto_indexed"
 
 
 def install() -> None:

@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 
-from model_svc.config import ModelConfig
+from model_svc.config import RENAMED, ModelConfig
+from sentiment.config import EXIT_CONFIG, EXIT_OK, answer_cli
 from sentiment.errors import ConfigError
 from sentiment.logs import setup_logging
 from sentiment.rpc import serve_until_signal
@@ -22,6 +23,17 @@ log = logging.getLogger("model_svc")
 # the busy loop to let go; a shorter interval keeps batches flowing.
 SWITCH_INTERVAL_S = 0.0005
 
+SUMMARY = (
+    "PredictService over gRPC: holds the current model of STORE_URI in memory and answers Predict and\n"
+    "PredictBatch with a label (NEGATIVE / NEUTRAL / POSITIVE) and a score; reloads when models/CURRENT\n"
+    "changes. Serves until SIGTERM or SIGINT, then drains and stops gracefully."
+)
+EXIT_CODES = {
+    EXIT_OK: "stopped by SIGTERM/SIGINT after a graceful shutdown",
+    1: "a worker process (WORKERS > 1) failed, or the server could not start (the log says why)",
+    EXIT_CONFIG: "bad configuration (the message names the variable)",
+}
+
 
 async def run(config: ModelConfig) -> None:
     from model_svc.server import start_server  # imports TensorFlow: after the config is known good
@@ -29,13 +41,24 @@ async def run(config: ModelConfig) -> None:
     await serve_until_signal(lambda: start_server(config), config.grace_s)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    answered = answer_cli(
+        sys.argv[1:] if argv is None else argv,
+        "model_svc",
+        SUMMARY,
+        ModelConfig,
+        EXIT_CODES,
+        os.environ,
+        RENAMED,
+    )
+    if answered is not None:
+        return answered
     try:
         config = ModelConfig.from_env(os.environ)
     except ConfigError as exc:
         setup_logging()
         log.error("bad configuration: %s", exc)
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.log_level)
     if config.workers > 1:
         from model_svc.workers import supervise
@@ -43,7 +66,7 @@ def main() -> int:
         return supervise(config)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(run(config))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

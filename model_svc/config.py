@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
-from sentiment.config import Environ, available_cpus, env_float, env_int, env_str, renamed
+from sentiment.config import Environ, available_cpus, env_float, env_int, env_str, renamed, setting
 from sentiment.errors import ConfigError
 
 # Variables renamed (old -> new): BATCH_MAX_SIZE read like MAX_BATCH_TEXTS, two different batches.
@@ -18,33 +18,68 @@ RENAMED = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    store_uri: str
-    listen_addr: str = "[::]:50052"
-    model_dir: str = ""  # where bundles are downloaded (each load fetches again); "" = a temporary directory
-    reload_interval_s: float = 10.0
-    inference_batch_max_texts: int = 1024  # texts the inference thread scores in one call
-    # Longest a submission waits for the last round's companions (a lone caller waits for nobody).
-    inference_batch_max_wait_s: float = 0.02
-    queue_max_texts: int = 4096
-    max_text_chars: int = 1000
-    predict_batch_max_texts: int = 1024  # texts one PredictBatch request may carry
-    intra_op_threads: int = field(default_factory=available_cpus)  # per server process
-    inter_op_threads: int = field(default_factory=available_cpus)
-    tls_cert_path: str = ""
-    tls_key_path: str = ""
-    metrics_port: int = 8002  # 0 = off
-    grace_s: float = 10.0
-    log_level: str = "INFO"
-    model_max_bytes: int = DEFAULT_LIMITS.max_model_bytes  # model.keras on disk, expanded, and its weights
-    load_timeout_s: float = (
-        300.0  # fetch + verify + load + warm of one version; past it the load is abandoned
+    store_uri: str = setting(
+        "STORE_URI", "s3://bucket/prefix or a local directory holding models/CURRENT and the bundles"
     )
-    code_version: str = ""  # the image's tag and commit, as model_svc_build_info reports them
-    code_revision: str = ""
-    # Server processes sharing LISTEN_ADDR (SO_REUSEPORT), each with its own model, batcher and reload;
-    # 1 = this process serves (start_server). The kernel picks a worker per connection, so more than one
-    # pays only when clients open several connections to a pod (PredictClient opens one).
-    workers: int = 1
+    listen_addr: str = setting("LISTEN_ADDR", "gRPC address (host:0 picks a free port)", "[::]:50052")
+    model_dir: str = setting(
+        "MODEL_DIR",
+        "where bundles are downloaded (each load fetches again); empty: a temporary directory",
+        "",
+    )
+    reload_interval_s: float = setting(
+        "RELOAD_INTERVAL_S", "seconds between reads of models/CURRENT (a new version loads, then swaps)", 10.0
+    )
+    inference_batch_max_texts: int = setting(
+        "INFERENCE_BATCH_MAX_TEXTS", "most texts the inference thread scores in one model call", 1024
+    )
+    inference_batch_max_wait_s: float = setting(
+        "INFERENCE_BATCH_MAX_WAIT_S",
+        "longest a request waits for the callers of the last batch (a lone caller waits for nobody)",
+        0.02,
+    )
+    queue_max_texts: int = setting(
+        "QUEUE_MAX_TEXTS", "texts queued or running; more: RESOURCE_EXHAUSTED at once", 4096
+    )
+    max_text_chars: int = setting("MAX_TEXT_CHARS", "longest text; longer: INVALID_ARGUMENT", 1000)
+    predict_batch_max_texts: int = setting(
+        "PREDICT_BATCH_MAX_TEXTS", "most texts one PredictBatch request may carry", 1024
+    )
+    # Per server process: from_env shares the container's threads out among the WORKERS.
+    intra_op_threads: int = setting(
+        "TF_INTRA_OP_THREADS",
+        "TensorFlow intra-op threads for the container, shared out among the WORKERS",
+        default_factory=available_cpus,
+    )
+    inter_op_threads: int = setting(
+        "TF_INTER_OP_THREADS",
+        "TensorFlow inter-op threads for the container, shared out among the WORKERS",
+        default_factory=available_cpus,
+    )
+    tls_cert_path: str = setting("TLS_CERT_PATH", "PEM certificate: serve TLS (with TLS_KEY_PATH)", "")
+    tls_key_path: str = setting("TLS_KEY_PATH", "PEM private key of TLS_CERT_PATH", "")
+    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8002)
+    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0)
+    log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
+    model_max_bytes: int = setting(
+        "MODEL_MAX_BYTES",
+        "largest model.keras, on disk and expanded, and its weights; larger: the version is refused",
+        DEFAULT_LIMITS.max_model_bytes,
+    )
+    load_timeout_s: float = setting(
+        "LOAD_TIMEOUT_S",
+        "seconds to fetch, verify, load and warm one version; past it the load is abandoned",
+        300.0,
+    )
+    code_version: str = setting("CODE_VERSION", "the image's tag, reported by model_svc_build_info", "")
+    code_revision: str = setting("CODE_REVISION", "the commit, reported by model_svc_build_info", "")
+    # The kernel picks a worker per connection, so more than one pays only when clients open several
+    # connections to a pod (PredictClient opens one).
+    workers: int = setting(
+        "WORKERS",
+        "server processes sharing LISTEN_ADDR (SO_REUSEPORT), each with its own model and batcher",
+        1,
+    )
     reuse_port: bool = False  # set for the worker processes; never read from the environment
 
     def __post_init__(self) -> None:

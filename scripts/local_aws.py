@@ -28,6 +28,8 @@ class LocalAws:
     to enforce IAM authentication after that many requests).
     """
 
+    server_module = "moto.server"  # run as `python -m <server_module> -H 127.0.0.1 -p <port>`
+
     def __init__(
         self, port: int = 0, log_path: Path | None = None, extra_env: Mapping[str, str] | None = None
     ) -> None:
@@ -53,7 +55,8 @@ class LocalAws:
     def start(self, timeout_s: float = 30.0) -> LocalAws:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", self.server_module, "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=Path(__file__).resolve().parents[1],  # where a server module of this repository is found
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "MOTO_CALL_RESET_API": "false", **self.extra_env},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -30,13 +30,17 @@ def renamed(environ: Environ, names: Mapping[str, str]) -> Environ:
     Each old name in use raises a FutureWarning (shown by default) naming its replacement, so a
     deployment keeps working while it is told to move; an error in such a value names the old variable.
     """
+    in_use = {
+        old: new for old, new in names.items() if environ.get(old, "") != "" and environ.get(new, "") == ""
+    }
+    if not in_use:
+        return environ
     moved = _Renamed(environ)
     moved.set_as = {}
-    for old, new in names.items():
-        if environ.get(old, "") != "" and environ.get(new, "") == "":
-            warnings.warn(f"{old} is deprecated; set {new} instead", FutureWarning, stacklevel=3)
-            moved[new] = environ[old]
-            moved.set_as[new] = old
+    for old, new in in_use.items():
+        warnings.warn(f"{old} is deprecated; set {new} instead", FutureWarning, stacklevel=3)
+        moved[new] = environ[old]
+        moved.set_as[new] = old
     return moved
 
 
@@ -92,9 +96,15 @@ def available_cpus() -> int:
 # ------------------------------------------------------------------ settings described once, for --help
 
 
-def setting(env: str, help: str, default: Any = MISSING) -> Any:
-    """A config dataclass field read from `env`: its default and meaning are what `--help` prints."""
-    return field(default=default, metadata={"env": env, "help": help})
+def setting(
+    env: str, help: str, default: Any = MISSING, default_factory: Callable[[], Any] | None = None
+) -> Any:
+    """A config dataclass field read from `env`: its default and meaning are what `--help` prints.
+    `default_factory` is for a default found on the machine (printed with "(from the machine)")."""
+    metadata = {"env": env, "help": help}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ def describe(config: type) -> list[Setting]:
         if "env" not in f.metadata:
             continue
         if f.default is not MISSING:
-            default = repr(f.default) if f.default == "" else str(f.default)
+            default = "''" if f.default in ("", ()) else str(f.default)
         elif f.default_factory is not MISSING:
             default = f"{f.default_factory()} (from the machine)"
         else:
@@ -121,12 +131,20 @@ def describe(config: type) -> list[Setting]:
     return described
 
 
-def help_text(program: str, summary: str, config: type, exit_codes: Mapping[int, str]) -> str:
-    """`python -m <program> --help`: what it does, every variable with its default and meaning, exit codes."""
+def help_text(
+    program: str,
+    summary: str,
+    config: type,
+    exit_codes: Mapping[int, str],
+    old_names: Mapping[str, str] | None = None,
+    usage: str = "[--help | --version]",
+) -> str:
+    """`python -m <program> --help`: what it does, every variable with its default and meaning, the old
+    names still read (`old_names`: old -> new), exit codes."""
     settings = describe(config)
     width = max(len(s.env) for s in settings)
     lines = [
-        f"usage: python -m {program} [--help | --version]",
+        f"usage: python -m {program} {usage}",
         "",
         summary,
         "",
@@ -134,6 +152,9 @@ def help_text(program: str, summary: str, config: type, exit_codes: Mapping[int,
     ]
     for s in settings:
         lines.append(f"  {s.env:<{width}}  {s.help} [default: {s.default}]")
+    if old_names:
+        lines += ["", "Old names, still read (with a warning) when the new one is not set:"]
+        lines += [f"  {old} -> {new}" for old, new in old_names.items()]
     lines += ["", "Exit codes:", *(f"  {code}  {meaning}" for code, meaning in sorted(exit_codes.items()))]
     return "\n".join(lines) + "\n"
 
@@ -159,13 +180,15 @@ def answer_cli(
     config: type,
     exit_codes: Mapping[int, str],
     environ: Environ,
+    old_names: Mapping[str, str] | None = None,
+    usage: str = "[--help | --version]",
 ) -> int | None:
     """Answer `--help` / `--version` (or refuse an unknown argument) without starting anything; the exit
     code, or None when the program should start."""
     if not argv:
         return None
     if argv[0] in ("-h", "--help"):
-        print(help_text(program, summary, config, exit_codes), end="")
+        print(help_text(program, summary, config, exit_codes, old_names, usage), end="")
         return EXIT_OK
     if argv[0] == "--version":
         print(version_text(program, environ), end="")

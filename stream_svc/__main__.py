@@ -10,26 +10,46 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sentiment.config import EXIT_CONFIG, EXIT_OK, answer_cli
 from sentiment.errors import ConfigError
 from sentiment.logs import setup_logging
 from stream_svc import commands
-from stream_svc.config import StreamConfig
+from stream_svc.config import EXIT_FAILED, EXIT_TABLE_REFUSED, EXIT_X_REFUSED, StreamConfig
 from stream_svc.dynamodb import TableAccessError
 from stream_svc.keys import parse_moment, parse_since
 
-EXIT_TABLE_REFUSED = 3  # as `app.run` exits when DynamoDB refuses the credentials or the table
+USAGE = "[--help | --version] [COMMAND [--help | OPTIONS]]"
+COMMANDS = {
+    "run": "stream tweets to the table (the default)",
+    "create-table": "create the table, its by_time index, TTL and PITR; add what is missing",
+    "report": "the analysis of a time window (--since) or of the whole table (--all)",
+    "backfill-buckets": "give items written before the time keys their keys",
+    "redrive": "send dead-lettered tweets back through Predict and the table",
+    "forget": "delete items by tweet id (tweets deleted upstream)",
+}
+SUMMARY = (
+    "Reads tweets (X API v2 filtered stream, or a replay file), cleans them, scores them in batches with\n"
+    "model_svc's PredictBatch and writes each result to DynamoDB; what cannot be scored or written goes\n"
+    "to the dead letters. AWS credentials, region and endpoint come from the standard AWS_* variables.\n"
+    "\n"
+    "Commands (each has its own --help):\n"
+    + "\n".join(f"  {name:<16}  {meaning}" for name, meaning in COMMANDS.items())
+)
+EXIT_CODES = {
+    EXIT_OK: "done: the replay ended, or SIGTERM/SIGINT after the drain; received = written + dead-lettered + skipped",
+    EXIT_FAILED: "the counters do not balance, the source failed, or the X stream ended by itself",
+    EXIT_CONFIG: "bad configuration or arguments (the message names the variable)",
+    EXIT_TABLE_REFUSED: "DynamoDB refused the credentials, the permissions or the table",
+    EXIT_X_REFUSED: "the X API refused the bearer token (401/403) X_AUTH_MAX_TRIES times",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stream_svc", description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="stream tweets to the table (the default)")
-    sub.add_parser(
-        "create-table", help="create the table, its by_time index, TTL and PITR; add what is missing"
-    )
-    rep = sub.add_parser(
-        "report", help="the analysis of a time window (--since) or of the whole table (--all)"
-    )
+    sub.add_parser("run", help=COMMANDS["run"])
+    sub.add_parser("create-table", help=COMMANDS["create-table"])
+    rep = sub.add_parser("report", help=COMMANDS["report"])
     span = rep.add_mutually_exclusive_group()
     span.add_argument("--since", metavar="24h|ISO", help="window start: a duration back from now, or a time")
     span.add_argument("--all", action="store_true", help="the whole table, by a parallel Scan (the default)")
@@ -39,14 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--recent", type=int, default=5, help="recent examples to show")
     rep.add_argument("--json", metavar="PATH", help="also write the figures as JSON to this file")
     rep.add_argument("--segments", type=int, default=4, help="parallel Scan segments (--all)")
-    back = sub.add_parser("backfill-buckets", help="give items written before the time keys their keys")
+    back = sub.add_parser("backfill-buckets", help=COMMANDS["backfill-buckets"])
     back.add_argument("--rate", type=float, default=200.0, help="updates per second at most")
     back.add_argument("--segments", type=int, default=4, help="parallel Scan segments")
     back.add_argument("--state", type=Path, default=Path("backfill-buckets.state.json"), help="resume file")
-    red = sub.add_parser("redrive", help="send dead-lettered tweets back through Predict and the table")
+    red = sub.add_parser("redrive", help=COMMANDS["redrive"])
     red.add_argument("location", metavar="FILE|FOLDER|s3://bucket/prefix")
-    forget = sub.add_parser("forget", help="delete items by tweet id (tweets deleted upstream)")
+    forget = sub.add_parser("forget", help=COMMANDS["forget"])
     forget.add_argument("--ids", required=True, metavar="FILE", help="tweet ids, one per line ('-': stdin)")
+    forget.add_argument(
+        "--dead-letters",
+        metavar="FILE|FOLDER|s3://bucket/prefix",
+        help="also remove them from these dead letters (default: DEAD_LETTER_URI; '' skips them)",
+    )
     return parser
 
 
@@ -74,19 +99,23 @@ def _dispatch(args: argparse.Namespace, config: StreamConfig) -> int:
     if args.command == "report":
         summary = asyncio.run(commands.build_report(config, _report_request(args)))
         commands.print_report(summary, args.plot, args.json)
-        return 0
+        return EXIT_OK
     if args.command == "backfill-buckets":
         return asyncio.run(commands.backfill_command(config, args.rate, max(1, args.segments), args.state))
     if args.command == "redrive":
         return asyncio.run(commands.redrive_command(config, args.location))
     if args.command == "forget":
-        return asyncio.run(commands.forget_command(config, args.ids))
+        return asyncio.run(commands.forget_command(config, args.ids, args.dead_letters))
     from stream_svc import app  # the stream's own imports (gRPC, tweepy) are not the other commands' start-up
 
     return asyncio.run(app.run(config))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"], ["--version"]):
+        answered = answer_cli(argv, "stream_svc", SUMMARY, StreamConfig, EXIT_CODES, os.environ, usage=USAGE)
+        return EXIT_CONFIG if answered is None else answered
     args = _parser().parse_args(argv)
     args.command = args.command or "run"
     try:
@@ -95,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args, config)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except TableAccessError as exc:
         print(f"stream_svc stopped: {exc}", file=sys.stderr)
         return EXIT_TABLE_REFUSED

@@ -20,7 +20,7 @@ from sentiment.errors import ConfigError
 from sentiment.metrics import MetricsEndpoint, build_info, package_version
 from sentiment.predict_client import PredictClient
 from sentiment.rpc import wait_for_signal
-from stream_svc.config import StreamConfig
+from stream_svc.config import EXIT_FAILED, EXIT_TABLE_REFUSED, EXIT_X_REFUSED, StreamConfig
 from stream_svc.counters import Counters
 from stream_svc.dynamodb import TableAccessError, table_exists
 from stream_svc.health import StreamHealth
@@ -33,10 +33,6 @@ from stream_svc.sources import Source
 from stream_svc.x_stream import XStreamSource
 
 log = logging.getLogger(__name__)
-
-EXIT_FAILED = 1  # the counters do not balance, or the X stream ended by itself
-EXIT_TABLE_REFUSED = 3
-EXIT_X_REFUSED = 4
 
 
 def build_source(config: StreamConfig, metrics: StreamMetrics) -> Source:

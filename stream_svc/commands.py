@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import aioboto3
+from botocore.exceptions import ClientError
 
 from sentiment.errors import ConfigError
 from sentiment.timefmt import utc_iso
 from stream_svc import report
 from stream_svc.backfill import BackfillProgress, backfill_buckets
 from stream_svc.config import StreamConfig
-from stream_svc.dynamodb import client_config, create_table
-from stream_svc.forget import forget, read_ids
+from stream_svc.dynamodb import client_config, create_table, error_code
+from stream_svc.forget import forget, read_ids, scrub_dead_letters
 from stream_svc.keys import INDEX_NAME
 from stream_svc.reads import get_items, query_window, scan_table
 
@@ -175,15 +176,30 @@ async def redrive_command(config: StreamConfig, location: str) -> int:
     return 0 if c.balanced() and not c.dead_lettered else 1
 
 
-async def forget_command(config: StreamConfig, ids_path: str) -> int:
+async def forget_command(config: StreamConfig, ids_path: str, dead_letters: str | None = None) -> int:
+    """Delete the ids from the table, then from the dead letters (`dead_letters`, default DEAD_LETTER_URI;
+    "" skips them)."""
     handle = sys.stdin if ids_path == "-" else open(ids_path, encoding="utf-8")
     with handle:
-        async with dynamodb_client(32) as client:
-            counts = await forget(client, config.dynamodb_table, read_ids(handle))
+        ids = list(read_ids(handle))
+    async with dynamodb_client(32) as client:
+        counts = await forget(client, config.dynamodb_table, ids)
     print(
         f"forget: {counts.requested} ids, {counts.deleted} deleted, {counts.absent} not in the table, "
         f"{len(counts.failed)} failed"
     )
     for tweet_id in counts.failed:
         print(f"failed: {tweet_id}")
+    location = config.dead_letter_uri if dead_letters is None else dead_letters
+    if location:
+        try:
+            scrubbed = await scrub_dead_letters(location, set(ids))
+        except ClientError as exc:
+            code, message = error_code(exc)
+            print(f"dead letters at {location}: cannot scrub them: {code}: {message}", file=sys.stderr)
+            return 1
+        print(
+            f"dead letters at {location}: {scrubbed.files} files read, {scrubbed.rewritten} rewritten; "
+            f"forgotten tweets' lines removed: {scrubbed.removed}"
+        )
     return 0 if not counts.failed else 1

@@ -6,57 +6,99 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sentiment.config import Environ, env_float, env_int, env_str
+from sentiment.config import Environ, env_float, env_int, env_str, setting
 from sentiment.errors import ConfigError, InvalidInput
 from sentiment.store import check_location
 from stream_svc.keys import TableLayout
 
 SOURCES = ("x", "replay")
+
+# The program's exit codes beside sentiment.config's EXIT_OK (0) and EXIT_CONFIG (2).
+EXIT_FAILED = 1  # the counters do not balance, the source failed, or the X stream ended by itself
+EXIT_TABLE_REFUSED = 3  # DynamoDB refused the credentials, the permissions or the table
+EXIT_X_REFUSED = 4  # the X API refused the token X_AUTH_MAX_TRIES times
 X_API_BASE_URL = "https://api.twitter.com"
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    model_target: str = "dns:///model-svc-headless:50052"
-    source: str = "x"  # x | replay
-    replay_path: str = ""
-    replay_rate: float = 0.0  # tweets/s; 0 = as fast as the pipeline takes them
-    x_bearer_token: str = ""
-    x_rules: tuple[str, ...] = ()
-    x_api_base_url: str = X_API_BASE_URL
-    dynamodb_table: str = "tweet_sentiment"
-    batch_size: int = 64
-    batch_max_wait_s: float = 0.05
-    predict_concurrency: int = 4
-    write_concurrency: int = 8
-    predict_timeout_s: float = 10.0
-    dead_letter_path: str = "dead-letter.jsonl"
-    metrics_port: int = 8003
-    tls_ca_path: str = ""
-    log_level: str = "INFO"
-    # After SIGTERM the drain gets this long; then what is unfinished is dead-lettered and the process
-    # exits. Keep it below the pod's terminationGracePeriodSeconds, or Kubernetes kills it first.
-    grace_s: float = 20.0
-    # Consecutive 401/403 answers from the X API before the source gives up, and the first wait between
-    # tries (doubled after each; tweepy's own HTTP-error schedule starts at 5 s too).
-    x_auth_max_tries: int = 3
-    x_auth_retry_wait_s: float = 5.0
-    # Tries of a BatchWriteItem refused for its credentials, permissions or a missing table (not its items).
-    dynamodb_auth_max_tries: int = 4
-    # /livez fails once the source is connected yet silent this long (X keeps alive every 20 s), or the
-    # event loop has not turned for this long.
-    stall_s: float = 90.0
-    code_version: str = ""  # the image's tag and commit, as stream_svc_build_info reports them
-    code_revision: str = ""
-    # The time-bucket key design (stream_svc.keys): shards per hour of the `by_time` index, and how
-    # many days an item is kept after it was analysed (0 = for ever; DynamoDB's TTL deletes it after).
-    bucket_shards: int = 1
-    retention_days: float = 0.0
-    # Where dead letters go: s3://bucket/prefix (spooled at dead_letter_path, shipped as each file
-    # rolls over and at exit) or a local path (then dead_letter_path is that path).
-    dead_letter_uri: str = ""
-    dead_letter_roll_s: float = 300.0
-    dead_letter_roll_mb: float = 64.0
+    model_target: str = setting(
+        "MODEL_TARGET",
+        "model_svc address (gRPC target; round_robin over what it resolves to)",
+        "dns:///model-svc-headless:50052",
+    )
+    source: str = setting("SOURCE", "x (X API v2 filtered stream) or replay (a JSONL file)", "x")
+    replay_path: str = setting("REPLAY_PATH", "replay file (required with SOURCE=replay)", "")
+    replay_rate: float = setting(
+        "REPLAY_RATE", "tweets per second for a replay; 0: as fast as the pipeline takes them", 0.0
+    )
+    x_bearer_token: str = setting("X_BEARER_TOKEN", "X API bearer token (required with SOURCE=x)", "")
+    x_rules: tuple[str, ...] = setting(
+        "X_RULES", "filtered-stream rules, separated by ';' (required with SOURCE=x)", ()
+    )
+    x_api_base_url: str = setting(
+        "X_API_BASE_URL", "X API host (tests point it at a fake on loopback)", X_API_BASE_URL
+    )
+    dynamodb_table: str = setting("DYNAMODB_TABLE", "the analysis table", "tweet_sentiment")
+    batch_size: int = setting("BATCH_SIZE", "tweets per PredictBatch call", 64)
+    batch_max_wait_s: float = setting(
+        "BATCH_MAX_WAIT_S", "a partial batch is sent once its first tweet has waited this long", 0.05
+    )
+    predict_concurrency: int = setting("PREDICT_CONCURRENCY", "PredictBatch calls in flight", 4)
+    write_concurrency: int = setting("WRITE_CONCURRENCY", "BatchWriteItem requests in flight", 8)
+    predict_timeout_s: float = setting(
+        "PREDICT_TIMEOUT_S",
+        "deadline of one PredictBatch attempt (UNAVAILABLE and friends are retried)",
+        10.0,
+    )
+    dead_letter_path: str = setting(
+        "DEAD_LETTER_PATH",
+        "JSONL of the tweets that could not be predicted or written; with an s3:// DEAD_LETTER_URI, the spool",
+        "dead-letter.jsonl",
+    )
+    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics, /livez and /readyz port; 0: off", 8003)
+    tls_ca_path: str = setting("TLS_CA_PATH", "CA bundle to reach model_svc over TLS; empty: plaintext", "")
+    log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
+    # Keep it below the pod's terminationGracePeriodSeconds, or Kubernetes kills the process first.
+    grace_s: float = setting(
+        "GRACE_S", "seconds the drain may take after SIGTERM/SIGINT; then the rest is dead-lettered", 20.0
+    )
+    # tweepy's own HTTP-error schedule starts at 5 s too.
+    x_auth_max_tries: int = setting(
+        "X_AUTH_MAX_TRIES", "401/403 answers in a row from the X API before the program exits 4", 3
+    )
+    x_auth_retry_wait_s: float = setting(
+        "X_AUTH_RETRY_WAIT_S", "wait after the first 401/403, doubled after each", 5.0
+    )
+    dynamodb_auth_max_tries: int = setting(
+        "DYNAMODB_AUTH_MAX_TRIES",
+        "tries of a BatchWriteItem refused for its credentials, permissions or table before the exit 3",
+        4,
+    )
+    # X keeps a connection alive with a heartbeat every 20 s.
+    stall_s: float = setting(
+        "STALL_S", "/livez fails once the connected source or the event loop is silent this long", 90.0
+    )
+    code_version: str = setting("CODE_VERSION", "the image's tag, reported by stream_svc_build_info", "")
+    code_revision: str = setting("CODE_REVISION", "the commit, reported by stream_svc_build_info", "")
+    # The time-bucket key design (stream_svc.keys).
+    bucket_shards: int = setting(
+        "BUCKET_SHARDS", "by_time index partitions per hour; writers and reports must agree", 1
+    )
+    retention_days: float = setting(
+        "RETENTION_DAYS", "days an item is kept after analysis (DynamoDB TTL); 0: for ever", 0.0
+    )
+    # s3://: spooled at dead_letter_path, shipped as each file rolls over and at exit; a local path
+    # becomes dead_letter_path.
+    dead_letter_uri: str = setting(
+        "DEAD_LETTER_URI",
+        "where dead letters last: s3://bucket/prefix or a local path; empty: DEAD_LETTER_PATH",
+        "",
+    )
+    dead_letter_roll_s: float = setting(
+        "DEAD_LETTER_ROLL_S", "a dead-letter file older than this is closed as a segment (and shipped)", 300.0
+    )
+    dead_letter_roll_mb: float = setting("DEAD_LETTER_ROLL_MB", "... or larger than this", 64.0)
 
     @classmethod
     def from_env(cls, environ: Environ, require_source: bool = True) -> StreamConfig:

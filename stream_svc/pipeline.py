@@ -150,7 +150,7 @@ class Pipeline:
         writers: list[asyncio.Task[None]],
     ) -> None:
         """Each stage ends once the one before it has: reader, batcher, predictors, writers."""
-        # The reader's failure (an unreadable file) still lets what it took in drain before it is raised.
+        # A reader's failure still lets what it took in drain before it is raised.
         await asyncio.wait([reader])
         await batcher
         await asyncio.gather(*predictors)

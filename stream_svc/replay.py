@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -21,7 +21,8 @@ class ReplaySource:
     The file is read in chunks in a worker thread, so a large or gzipped file never blocks the event loop.
 
     It reports like the X source: `connected` while it is reading, `done` once the file has ended, and
-    `failure` (with `failed`) when the file could not be read, the error also raised to the reader.
+    `failure` (with `failed`) when the file could not be read to its end; then the iteration ends after
+    the events read before the error, and the run exits 1 naming the cause.
     """
 
     def __init__(self, path: str | Path, rate: float = 0.0) -> None:
@@ -62,15 +63,11 @@ class ReplaySource:
         self.connected = True
         try:
             while not self._stopped.is_set():
-                try:
-                    chunk = await asyncio.to_thread(lambda: list(islice(events, _READ_CHUNK)))
-                except Exception as exc:
-                    self.failure = f"cannot read {self.path.name}: {exc}"
-                    raise
-                if not chunk:
+                chunk, error = await asyncio.to_thread(_take, events, _READ_CHUNK)
+                if not chunk and error is None:
                     self.done = True
                     return
-                for event in chunk:
+                for event in chunk:  # what was read before an error still goes through
                     if self._stopped.is_set():
                         return
                     if self.rate > 0:
@@ -80,6 +77,9 @@ class ReplaySource:
                     sent += 1
                     self._last_yield = time.monotonic()
                     yield event
+                if error is not None:  # ends the stream as a failed X connection does: the run says why
+                    self.failure = f"cannot read {self.path.name}: {error}"
+                    return
         finally:
             self.connected = False
             events.close()
@@ -90,3 +90,13 @@ class ReplaySource:
     def take_buffered(self) -> list[SourceEvent]:
         """None: what was not yielded is still in the file."""
         return []
+
+
+def _take(events: Iterator[SourceEvent], n: int) -> tuple[list[SourceEvent], Exception | None]:
+    """Up to `n` events, and the error that cut the read short (the events before it are kept)."""
+    chunk: list[SourceEvent] = []
+    try:
+        chunk.extend(islice(events, n))
+    except Exception as exc:
+        return chunk, exc
+    return chunk, None

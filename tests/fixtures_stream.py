@@ -406,6 +406,15 @@ class AuthAws:
         )
         return key, table
 
+    def user(self, policy: dict[str, Any]) -> AccessKey:
+        """A new user whose only permissions are `policy` (an IAM policy document), with its access key."""
+        iam = self.client("iam", self.admin)
+        name = f"user-{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return AccessKey(name, key["AccessKeyId"], key["SecretAccessKey"])
+
     def revoke(self, key: AccessKey) -> None:
         self.client("iam", self.admin).delete_access_key(UserName=key.user, AccessKeyId=key.key_id)
 

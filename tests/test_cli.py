@@ -4,20 +4,27 @@ every variable `from_env` reads is listed, with the dataclass's default, and not
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from model_svc.config import RENAMED as MODEL_RENAMED
+from model_svc.config import ModelConfig
 from sentiment.config import describe
+from stream_svc.config import StreamConfig
 from train_svc.config import TrainConfig
 
-# program -> (its config dataclass, the variables that make a minimal valid environment)
-PROGRAMS: dict[str, tuple[type[Any], dict[str, str]]] = {
-    "train_svc": (TrainConfig, {"STORE_URI": "/tmp/store"}),
+# program -> (its config dataclass, the variables that make a minimal valid environment, old names still read)
+PROGRAMS: dict[str, tuple[type[Any], dict[str, str], dict[str, str]]] = {
+    "train_svc": (TrainConfig, {"STORE_URI": "/tmp/store"}, {}),
+    "model_svc": (ModelConfig, {"STORE_URI": "/tmp/store"}, MODEL_RENAMED),
+    "stream_svc": (StreamConfig, {"SOURCE": "replay", "REPLAY_PATH": "tweets.jsonl"}, {}),
 }
 
 
@@ -53,11 +60,11 @@ def run_module(program: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_help_lists_exactly_what_from_env_reads_with_the_dataclass_defaults(program: str) -> None:
-    config, minimal = PROGRAMS[program]
+    config, minimal, old_names = PROGRAMS[program]
     environ = Recording(minimal)
     config.from_env(environ)
     described = describe(config)
-    assert {s.env for s in described} == environ.asked, "--help and from_env disagree"
+    assert {s.env for s in described} == environ.asked - set(old_names), "--help and from_env disagree"
     result = run_module(program, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {program} [--help | --version]")
@@ -66,9 +73,11 @@ def test_help_lists_exactly_what_from_env_reads_with_the_dataclass_defaults(prog
         (line,) = [line for line in result.stdout.splitlines() if line.split()[:1] == [setting.env]]
         assert setting.help in line, setting.env
         default = defaults[setting.env]
-        shown = "(required)" if default is MISSING else repr(default) if default == "" else str(default)
+        shown = "(required)" if default is MISSING else "''" if default in ("", ()) else str(default)
         assert line.endswith(f"[default: {shown}]") or "(from the machine)" in line, line
     assert "Exit codes:" in result.stdout and "  2  bad configuration" in result.stdout
+    for old, new in old_names.items():
+        assert f"  {old} -> {new}" in result.stdout
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
@@ -76,4 +85,36 @@ def test_version_and_unknown_arguments_answer_without_starting(program: str) -> 
     result = run_module(program, "--version")
     assert result.returncode == 0 and result.stdout.startswith(f"{program} "), result.stderr
     result = run_module(program, "--serve-please")
-    assert result.returncode == 2 and "unknown argument" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "unknown argument" in result.stderr or "unrecognized arguments" in result.stderr
+
+
+def readme_table(program: str) -> dict[str, str]:
+    """The README's variable table of `## <program>`: variable -> its default column."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split(f"\n## {program}\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+                rows[name] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_readme_documents_every_variable_with_the_dataclass_default(program: str) -> None:
+    """The README's tables are written by hand: each variable of the config is there, with its default."""
+    config, _, _ = PROGRAMS[program]
+    table = readme_table(program)
+    missing = [s.env for s in describe(config) if s.env not in table]
+    assert not missing, f"README's {program} table lacks {missing}"
+    for f in fields(config):
+        if "env" not in f.metadata or f.default is MISSING or f.default in ("", ()):
+            continue
+        shown = table[f.metadata["env"]]
+        if isinstance(f.default, int | float):
+            number = re.search(r"`(-?[0-9.]+)`", shown)
+            assert number and float(number.group(1)) == f.default, (f.metadata["env"], shown, f.default)
+        else:
+            assert f"`{f.default}`" in shown, (f.metadata["env"], shown, f.default)

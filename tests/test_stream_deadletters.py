@@ -191,3 +191,47 @@ async def test_sigterm_ships_the_unfinished_to_s3_before_exit_and_redrive_reads_
     code, out = await run_cli("redrive", uri, env=env)
     assert code == 0 and f"written {summary['dead_lettered']}, failed again 0" in out, out
     assert set(table_items(stream_table)) == {e["id"] for e in shipped}
+
+
+async def test_forget_removes_tweets_from_the_dead_letters_so_no_redrive_writes_them_back(
+    stream_model_server: Any, stream_table: str, bucket: str, tmp_path: Path
+) -> None:
+    """X's compliance rules: a tweet deleted upstream goes from every store, the dead letters too."""
+    first, second = tmp_path / "dead-letter.20261201T000000.000000Z.jsonl", tmp_path / "dead-letter.jsonl"
+    ids_first = await dead_letter_file(first, 40, seed=76)
+    ids_second = await dead_letter_file(second, 40, seed=77, stage="write")
+    prefix = "stream/dead-letters"
+    s3 = boto3.client("s3")
+    for path in (first, second):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
+    gone = sorted(ids_second)[:5]
+    ids_file = tmp_path / "deleted.txt"
+    ids_file.write_text("\n".join(gone) + "\n")
+    etag = s3.head_object(Bucket=bucket, Key=f"{prefix}/{first.name}")["ETag"]
+    env = {
+        "DYNAMODB_TABLE": stream_table,
+        "MODEL_TARGET": f"127.0.0.1:{stream_model_server.port}",
+        "DEAD_LETTER_URI": f"s3://{bucket}/{prefix}",
+        "DEAD_LETTER_PATH": str(tmp_path / "spool" / "dead-letter.jsonl"),
+    }
+    code, out = await run_cli("forget", "--ids", str(ids_file), env=env)
+    assert code == 0, out
+    assert "forget: 5 ids, 0 deleted, 5 not in the table, 0 failed" in out
+    assert (
+        f"dead letters at s3://{bucket}/{prefix}: 2 files read, 1 rewritten; forgotten tweets' lines removed: 5"
+        in out
+    )
+    assert s3.head_object(Bucket=bucket, Key=f"{prefix}/{first.name}")["ETag"] == etag, "left as it was"
+    # A local file and its closed segments, with --dead-letters.
+    code, out = await run_cli("forget", "--ids", str(ids_file), "--dead-letters", str(second), env=env)
+    assert code == 0 and "2 files read, 1 rewritten; forgotten tweets' lines removed: 5" in out, out
+    assert {e["id"] for e in read_dead_letters(second)} == ids_second - set(gone)
+    assert {e["id"] for e in read_dead_letters(first)} == ids_first
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".scrub")], "no temporary file left"
+
+    code, out = await run_cli("redrive", f"s3://{bucket}/{prefix}", env=env)
+    assert code == 0, out
+    landed = set(table_items(stream_table))
+    assert landed == (ids_first | ids_second) - set(gone), "a forgotten tweet was written back"
+    code, out = await run_cli("forget", "--ids", str(ids_file), env=env)  # idempotent
+    assert code == 0 and "2 files read, 0 rewritten; forgotten tweets' lines removed: 0" in out, out

@@ -18,7 +18,7 @@ import pytest
 
 from sentiment.predict_client import PredictClient
 from sentiment.synthetic import write_jsonl
-from stream_svc.app import EXIT_TABLE_REFUSED
+from stream_svc.config import EXIT_TABLE_REFUSED
 from stream_svc.deadletter import DeadLetterFile, read_dead_letters
 from stream_svc.dynamodb import TableAccessError, client_config
 from stream_svc.metrics import StreamMetrics

@@ -240,9 +240,13 @@ async def test_forget_deletes_items_by_id_and_counts_them(aws: LocalAws, tmp_pat
     ids.write_text(
         f"# deleted upstream\n{gone[0]}\n\n{gone[1]}  # a comment\n{gone[2]}\n{gone[0]}\nnever-seen\n"
     )
-    code, out = await run_cli("forget", "--ids", str(ids), env={"DYNAMODB_TABLE": table})
+    code, out = await run_cli(
+        "forget", "--ids", str(ids), env={"DYNAMODB_TABLE": table, "DEAD_LETTER_URI": str(tmp_path / "none")}
+    )
     assert code == 0, out
     assert "forget: 4 ids, 3 deleted, 1 not in the table, 0 failed" in out
     assert set(table_items(table)) == {item["id"] for item in items} - set(gone)
-    code, out = await run_cli("forget", "--ids", str(ids), env={"DYNAMODB_TABLE": table})
+    code, out = await run_cli(
+        "forget", "--ids", str(ids), env={"DYNAMODB_TABLE": table, "DEAD_LETTER_URI": str(tmp_path / "none")}
+    )
     assert code == 0 and "forget: 4 ids, 0 deleted, 4 not in the table, 0 failed" in out  # idempotent

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sentiment.synthetic import generate, x_api_payload
-from stream_svc.app import EXIT_X_REFUSED
+from stream_svc.config import EXIT_X_REFUSED
 from stream_svc.metrics import StreamMetrics
 from stream_svc.x_stream import REFUSALS, XStreamSource
 from tests.fake_x_api import FakeXApi
