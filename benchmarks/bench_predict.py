@@ -42,6 +42,8 @@ CACHE = ROOT / "var" / "bench" / "predict"
 RESULTS = RESULTS_DIR / "predict.json"
 ONE, OTHER, BOTH = {0}, {1}, {0, 1}
 IN_PROCESS_BATCHES = [1, 64, 128, 256, 512, 1024]
+# The PredictBatch lines' (texts a call, callers) run on the server's path without gRPC, in process.
+INFERENCE_LINES = [(64, 4), (256, 4)]
 SCALING_LINES = ["Predict c=64", "PredictBatch 64 c=4", "PredictBatch 256 c=4", "no-op c=64"]
 CHECK_TEXTS = 512
 # MLServer's adaptive batching: up to 64 requests (c=64 unary; 4 x 256 texts at c=4) or 2 ms, as
@@ -240,14 +242,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             passes, local_passes = [], []
             naive = local.submit(predict_local.naive_row, texts, args.duration).result()
             for index in range(args.passes):
-                local_passes.append(
-                    {
-                        r["name"]: r
-                        for r in local.submit(
-                            predict_local.batch_rows, texts, args.duration / 2, IN_PROCESS_BATCHES
-                        ).result()
-                    }
-                )
+                rows = local.submit(
+                    predict_local.batch_rows, texts, args.duration / 2, IN_PROCESS_BATCHES
+                ).result()
+                rows += local.submit(
+                    predict_local.inference_rows, texts, args.duration / 2, INFERENCE_LINES
+                ).result()
+                local_passes.append({r["name"]: r for r in rows})
                 passes.append(await one_pass(index, plan, peers, pool, texts, args))
             diffs = await check_scores(plan, peers, local, texts[:CHECK_TEXTS])
         finally:
@@ -288,6 +289,7 @@ def main() -> None:
         **measured,
     }
     result["goals"] = predict_report.goals(result)
+    result["vs_no_grpc"] = predict_report.vs_no_grpc(result)
     result["total_s"] = round(time.monotonic() - started, 1)
     write_results(RESULTS, result)
     predict_report.print_report(result)

@@ -3,12 +3,16 @@
 `init` loads the bundle once (TensorFlow sized to those CPUs, as model_svc sizes it); then `naive_row` is
 the original deployment's Keras `model.predict` per tweet, `batch_rows` the server's own path
 (`LoadedModel.predict_texts`: tokenize, group by length, the compiled graph) at the batch sizes asked for,
-and `scores` the in-process scores every server is checked against.
+`inference_rows` the server's whole path without gRPC (`Inference.predict_batch`: the checks, the batcher
+and its inference thread, callers on an event loop, as the servicer calls it), and `scores` the in-process
+scores every server is checked against.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,51 @@ def batch_rows(texts: list[str], seconds: float, batches: list[int]) -> list[dic
             done += len(chunk)
         rows.append(row(f"in-process batch {batch}", done, time.perf_counter() - started, latencies))
     return rows
+
+
+def inference_rows(texts: list[str], seconds: float, lines: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """For each (batch, callers): `callers` loops on one event loop, each sending `batch` texts at a time
+    to `Inference.predict_batch`, as model_svc's servicer does with the defaults it serves with; the rows
+    are named like the gRPC lines, "in-process Inference, PredictBatch <batch> c=<callers>"."""
+    from model_svc.__main__ import SWITCH_INTERVAL_S
+    from model_svc.config import ModelConfig
+    from model_svc.inference import Inference
+
+    defaults = ModelConfig(store_uri="unused")
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as model_svc runs
+
+    async def line(batch: int, callers: int) -> dict[str, Any]:
+        inference = Inference(
+            defaults.max_text_chars,
+            defaults.predict_batch_max_texts,
+            defaults.inference_batch_max_texts,
+            defaults.inference_batch_max_wait_s,
+            defaults.queue_max_texts,
+        )
+        inference.swap(_model)
+        latencies: list[float] = []
+        done = 0
+        started = time.perf_counter()
+
+        async def caller(index: int) -> None:
+            nonlocal done
+            offset = index * batch
+            while time.perf_counter() - started < seconds:
+                chunk = texts[offset : offset + batch]
+                offset = (offset + callers * batch) % (len(texts) - batch)
+                t0 = time.perf_counter()
+                await inference.predict_batch(chunk)
+                latencies.append(time.perf_counter() - t0)
+                done += len(chunk)
+
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        elapsed = time.perf_counter() - started
+        await inference.batcher.aclose()
+        mean_batch = inference.texts_computed / max(1, inference.batches_run)
+        name = f"in-process Inference, PredictBatch {batch} c={callers}"
+        return row(name, done, elapsed, latencies, mean_batch=round(mean_batch, 1))
+
+    return [asyncio.run(line(batch, callers)) for batch, callers in lines]
 
 
 def scores(texts: list[str]) -> list[float]:

@@ -101,6 +101,21 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _vs_no_grpc(line: str) -> Ratio:
+    name = f"in-process Inference, {line}"
+    return lambda rows, local: _rate(rows, SVC, line) / float(local[name]["tweets_per_s"])
+
+
+def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
+    """model_svc's PredictBatch lines over the same path without gRPC in process (paired per pass): what
+    the gRPC layer leaves of what the batcher and the model can do."""
+    return {
+        line: round(paired(result, _vs_no_grpc(line)), 3)
+        for line in BATCH_LINES
+        if all(f"in-process Inference, {line}" in local for local in result["in_process_passes"])
+    }
+
+
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return ""
@@ -148,6 +163,8 @@ def print_report(result: dict[str, Any]) -> None:
     for name, r in result["in_process"].items():
         print(f"  {name:34} {r['tweets_per_s']:>9,.0f}/s  p50 {r['p50_ms']:.2f} ms")
     print(f"  (fused serving graph: {result['fused_graph']})")
+    for line, ratio in result.get("vs_no_grpc", {}).items():
+        print(f"  model_svc {line} / the same path without gRPC: {ratio:.2f}")
     print("\nmean batch the servers ran (model_svc):")
     for config in (SVC, SVC_2W, SVC_1W2T):
         print(

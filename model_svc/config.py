@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
-from sentiment.config import Environ, available_cpus, env_float, env_int, env_str, renamed, setting
+from sentiment.config import Environ, available_cpus, read_settings, renamed, setting
 from sentiment.errors import ConfigError
 
 # Variables renamed (old -> new): BATCH_MAX_SIZE read like MAX_BATCH_TEXTS, two different batches.
@@ -28,48 +28,59 @@ class ModelConfig:
         "",
     )
     reload_interval_s: float = setting(
-        "RELOAD_INTERVAL_S", "seconds between reads of models/CURRENT (a new version loads, then swaps)", 10.0
+        "RELOAD_INTERVAL_S",
+        "seconds between reads of models/CURRENT (a new version loads, then swaps)",
+        10.0,
+        minimum=0.01,
     )
     inference_batch_max_texts: int = setting(
-        "INFERENCE_BATCH_MAX_TEXTS", "most texts the inference thread scores in one model call", 1024
+        "INFERENCE_BATCH_MAX_TEXTS",
+        "most texts the inference thread scores in one model call",
+        1024,
+        minimum=1,
     )
     inference_batch_max_wait_s: float = setting(
         "INFERENCE_BATCH_MAX_WAIT_S",
         "longest a request waits for the callers of the last batch (a lone caller waits for nobody)",
         0.02,
+        minimum=0.0,
     )
     queue_max_texts: int = setting(
-        "QUEUE_MAX_TEXTS", "texts queued or running; more: RESOURCE_EXHAUSTED at once", 4096
+        "QUEUE_MAX_TEXTS", "texts queued or running; more: RESOURCE_EXHAUSTED at once", 4096, minimum=1
     )
-    max_text_chars: int = setting("MAX_TEXT_CHARS", "longest text; longer: INVALID_ARGUMENT", 1000)
+    max_text_chars: int = setting("MAX_TEXT_CHARS", "longest text; longer: INVALID_ARGUMENT", 1000, minimum=1)
     predict_batch_max_texts: int = setting(
-        "PREDICT_BATCH_MAX_TEXTS", "most texts one PredictBatch request may carry", 1024
+        "PREDICT_BATCH_MAX_TEXTS", "most texts one PredictBatch request may carry", 1024, minimum=1
     )
     # Per server process: from_env shares the container's threads out among the WORKERS.
     intra_op_threads: int = setting(
         "TF_INTRA_OP_THREADS",
         "TensorFlow intra-op threads for the container, shared out among the WORKERS",
         default_factory=available_cpus,
+        minimum=1,
     )
     inter_op_threads: int = setting(
         "TF_INTER_OP_THREADS",
         "TensorFlow inter-op threads for the container, shared out among the WORKERS",
         default_factory=available_cpus,
+        minimum=1,
     )
     tls_cert_path: str = setting("TLS_CERT_PATH", "PEM certificate: serve TLS (with TLS_KEY_PATH)", "")
     tls_key_path: str = setting("TLS_KEY_PATH", "PEM private key of TLS_CERT_PATH", "")
-    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8002)
-    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0)
+    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8002, minimum=0)
+    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0, minimum=0.0)
     log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
     model_max_bytes: int = setting(
         "MODEL_MAX_BYTES",
         "largest model.keras, on disk and expanded, and its weights; larger: the version is refused",
         DEFAULT_LIMITS.max_model_bytes,
+        minimum=1,
     )
     load_timeout_s: float = setting(
         "LOAD_TIMEOUT_S",
         "seconds to fetch, verify, load and warm one version; past it the load is abandoned",
         300.0,
+        minimum=0.001,
     )
     code_version: str = setting("CODE_VERSION", "the image's tag, reported by model_svc_build_info", "")
     code_revision: str = setting("CODE_REVISION", "the commit, reported by model_svc_build_info", "")
@@ -79,6 +90,7 @@ class ModelConfig:
         "WORKERS",
         "server processes sharing LISTEN_ADDR (SO_REUSEPORT), each with its own model and batcher",
         1,
+        minimum=1,
     )
     reuse_port: bool = False  # set for the worker processes; never read from the environment
 
@@ -100,40 +112,11 @@ class ModelConfig:
     @classmethod
     def from_env(cls, environ: Environ) -> ModelConfig:
         """Read every variable; the names before the rename are still read, with a FutureWarning."""
-        environ = renamed(environ, RENAMED)
-        workers = env_int(environ, "WORKERS", cls.workers, minimum=1)
+        values = read_settings(cls, renamed(environ, RENAMED))
         # TF_*_OP_THREADS count for the whole container: each worker process gets its share.
-        intra = env_int(environ, "TF_INTRA_OP_THREADS", available_cpus(), minimum=1)
-        inter = env_int(environ, "TF_INTER_OP_THREADS", available_cpus(), minimum=1)
-        return cls(
-            store_uri=env_str(environ, "STORE_URI"),
-            listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
-            model_dir=environ.get("MODEL_DIR", ""),
-            reload_interval_s=env_float(environ, "RELOAD_INTERVAL_S", cls.reload_interval_s, minimum=0.01),
-            inference_batch_max_texts=env_int(
-                environ, "INFERENCE_BATCH_MAX_TEXTS", cls.inference_batch_max_texts, minimum=1
-            ),
-            inference_batch_max_wait_s=env_float(
-                environ, "INFERENCE_BATCH_MAX_WAIT_S", cls.inference_batch_max_wait_s, minimum=0.0
-            ),
-            queue_max_texts=env_int(environ, "QUEUE_MAX_TEXTS", cls.queue_max_texts, minimum=1),
-            max_text_chars=env_int(environ, "MAX_TEXT_CHARS", cls.max_text_chars, minimum=1),
-            predict_batch_max_texts=env_int(
-                environ, "PREDICT_BATCH_MAX_TEXTS", cls.predict_batch_max_texts, minimum=1
-            ),
-            intra_op_threads=max(1, intra // workers),
-            inter_op_threads=max(1, inter // workers),
-            tls_cert_path=environ.get("TLS_CERT_PATH", ""),
-            tls_key_path=environ.get("TLS_KEY_PATH", ""),
-            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
-            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
-            log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
-            model_max_bytes=env_int(environ, "MODEL_MAX_BYTES", cls.model_max_bytes, minimum=1),
-            load_timeout_s=env_float(environ, "LOAD_TIMEOUT_S", cls.load_timeout_s, minimum=0.001),
-            code_version=environ.get("CODE_VERSION", ""),
-            code_revision=environ.get("CODE_REVISION", ""),
-            workers=workers,
-        )
+        for threads in ("intra_op_threads", "inter_op_threads"):
+            values[threads] = max(1, values[threads] // values["workers"])
+        return cls(**values)
 
     @property
     def bundle_limits(self) -> BundleLimits:

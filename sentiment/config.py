@@ -1,7 +1,8 @@
 """Typed reads of environment variables for the services' frozen config dataclasses, and their `--help`.
 
-Each config field that a variable sets is declared with `setting(env, help, default)`: `--help` is made
-from those declarations (`help_text`), so a variable's name, default and meaning are written once.
+Each config field that a variable sets is declared with `setting(env, help, default, minimum=..., parse=...)`:
+`read_settings` reads the environment from those declarations and `--help` is made from them (`help_text`),
+so a variable's name, default, bounds and meaning are written once.
 """
 
 from __future__ import annotations
@@ -97,14 +98,53 @@ def available_cpus() -> int:
 
 
 def setting(
-    env: str, help: str, default: Any = MISSING, default_factory: Callable[[], Any] | None = None
+    env: str,
+    help: str,
+    default: Any = MISSING,
+    *,
+    minimum: float | None = None,
+    parse: Callable[[str], Any] | None = None,
+    default_factory: Callable[[], Any] | None = None,
 ) -> Any:
-    """A config dataclass field read from `env`: its default and meaning are what `--help` prints.
-    `default_factory` is for a default found on the machine (printed with "(from the machine)")."""
-    metadata = {"env": env, "help": help}
+    """A config dataclass field read from `env` by `read_settings`: its default and meaning are also what
+    `--help` prints. The value is typed like the default (int, float, str; str when there is none, and
+    then the variable is required), at least `minimum`; `parse` reads values of any other shape (it may
+    raise ConfigError or ValueError). `default_factory` is for a default found on the machine."""
+    metadata = {"env": env, "help": help, "minimum": minimum, "parse": parse}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def read_settings(config: type, environ: Environ) -> dict[str, Any]:
+    """Every field of `config` declared with `setting`, read from `environ`: keyword arguments for
+    `config(...)`. A malformed, too small or missing required value raises ConfigError naming it."""
+    values: dict[str, Any] = {}
+    for f in fields(config):
+        if "env" not in f.metadata:
+            continue
+        key, minimum, parse = f.metadata["env"], f.metadata["minimum"], f.metadata["parse"]
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None  # required
+        if parse is not None:
+            raw = environ.get(key, "")
+            try:
+                values[f.name] = parse(raw) if raw != "" else default
+            except ValueError as exc:
+                raise ConfigError(f"{_name(environ, key)}={raw!r}: {exc}") from None
+        elif isinstance(default, bool) or not isinstance(default, int | float | str | None):
+            raise TypeError(f"{config.__name__}.{f.name}: give a parse for a {type(default).__name__}")
+        elif isinstance(default, int):
+            values[f.name] = env_int(environ, key, default, None if minimum is None else int(minimum))
+        elif isinstance(default, float):
+            values[f.name] = env_float(environ, key, default, minimum)
+        else:
+            values[f.name] = env_str(environ, key, default)
+    return values
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from sentiment.config import Environ, env_float, env_int, env_str, setting
+from sentiment.config import Environ, read_settings, setting
 from sentiment.errors import ConfigError, InvalidInput
 from sentiment.store import check_location
 from stream_svc.keys import TableLayout
 
 SOURCES = ("x", "replay")
+
+
+def _source(value: str) -> str:
+    source = value.strip().lower()
+    if source not in SOURCES:
+        raise ConfigError(f"SOURCE={source!r} must be one of {', '.join(SOURCES)}")
+    return source
+
+
+def _rules(value: str) -> tuple[str, ...]:
+    """X_RULES: filtered-stream rules separated by ';' (empty ones dropped)."""
+    return tuple(rule.strip() for rule in value.split(";") if rule.strip())
+
 
 # The program's exit codes beside sentiment.config's EXIT_OK (0) and EXIT_CONFIG (2).
 EXIT_FAILED = 1  # the counters do not balance, the source failed, or the X stream ended by itself
@@ -27,66 +38,89 @@ class StreamConfig:
         "model_svc address (gRPC target; round_robin over what it resolves to)",
         "dns:///model-svc-headless:50052",
     )
-    source: str = setting("SOURCE", "x (X API v2 filtered stream) or replay (a JSONL file)", "x")
+    source: str = setting(
+        "SOURCE", "x (X API v2 filtered stream) or replay (a JSONL file)", "x", parse=_source
+    )
     replay_path: str = setting("REPLAY_PATH", "replay file (required with SOURCE=replay)", "")
     replay_rate: float = setting(
-        "REPLAY_RATE", "tweets per second for a replay; 0: as fast as the pipeline takes them", 0.0
+        "REPLAY_RATE",
+        "tweets per second for a replay; 0: as fast as the pipeline takes them",
+        0.0,
+        minimum=0.0,
     )
     x_bearer_token: str = setting("X_BEARER_TOKEN", "X API bearer token (required with SOURCE=x)", "")
     x_rules: tuple[str, ...] = setting(
-        "X_RULES", "filtered-stream rules, separated by ';' (required with SOURCE=x)", ()
+        "X_RULES", "filtered-stream rules, separated by ';' (required with SOURCE=x)", (), parse=_rules
     )
     x_api_base_url: str = setting(
-        "X_API_BASE_URL", "X API host (tests point it at a fake on loopback)", X_API_BASE_URL
+        "X_API_BASE_URL",
+        "X API host (tests point it at a fake on loopback)",
+        X_API_BASE_URL,
+        parse=lambda url: url.rstrip("/"),
     )
     dynamodb_table: str = setting("DYNAMODB_TABLE", "the analysis table", "tweet_sentiment")
-    batch_size: int = setting("BATCH_SIZE", "tweets per PredictBatch call", 64)
+    batch_size: int = setting("BATCH_SIZE", "tweets per PredictBatch call", 64, minimum=1)
     batch_max_wait_s: float = setting(
-        "BATCH_MAX_WAIT_S", "a partial batch is sent once its first tweet has waited this long", 0.05
+        "BATCH_MAX_WAIT_S",
+        "a partial batch is sent once its first tweet has waited this long",
+        0.05,
+        minimum=0.0,
     )
-    predict_concurrency: int = setting("PREDICT_CONCURRENCY", "PredictBatch calls in flight", 4)
-    write_concurrency: int = setting("WRITE_CONCURRENCY", "BatchWriteItem requests in flight", 8)
+    predict_concurrency: int = setting("PREDICT_CONCURRENCY", "PredictBatch calls in flight", 4, minimum=1)
+    write_concurrency: int = setting("WRITE_CONCURRENCY", "BatchWriteItem requests in flight", 8, minimum=1)
     predict_timeout_s: float = setting(
         "PREDICT_TIMEOUT_S",
         "deadline of one PredictBatch attempt (UNAVAILABLE and friends are retried)",
         10.0,
+        minimum=0.001,
     )
     dead_letter_path: str = setting(
         "DEAD_LETTER_PATH",
         "JSONL of the tweets that could not be predicted or written; with an s3:// DEAD_LETTER_URI, the spool",
         "dead-letter.jsonl",
     )
-    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics, /livez and /readyz port; 0: off", 8003)
+    metrics_port: int = setting(
+        "METRICS_PORT", "Prometheus /metrics, /livez and /readyz port; 0: off", 8003, minimum=0
+    )
     tls_ca_path: str = setting("TLS_CA_PATH", "CA bundle to reach model_svc over TLS; empty: plaintext", "")
-    log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
+    log_level: str = setting(
+        "LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO", parse=str.upper
+    )
     # Keep it below the pod's terminationGracePeriodSeconds, or Kubernetes kills the process first.
     grace_s: float = setting(
-        "GRACE_S", "seconds the drain may take after SIGTERM/SIGINT; then the rest is dead-lettered", 20.0
+        "GRACE_S",
+        "seconds the drain may take after SIGTERM/SIGINT; then the rest is dead-lettered",
+        20.0,
+        minimum=0.0,
     )
     # tweepy's own HTTP-error schedule starts at 5 s too.
     x_auth_max_tries: int = setting(
-        "X_AUTH_MAX_TRIES", "401/403 answers in a row from the X API before the program exits 4", 3
+        "X_AUTH_MAX_TRIES", "401/403 answers in a row from the X API before the program exits 4", 3, minimum=1
     )
     x_auth_retry_wait_s: float = setting(
-        "X_AUTH_RETRY_WAIT_S", "wait after the first 401/403, doubled after each", 5.0
+        "X_AUTH_RETRY_WAIT_S", "wait after the first 401/403, doubled after each", 5.0, minimum=0.0
     )
     dynamodb_auth_max_tries: int = setting(
         "DYNAMODB_AUTH_MAX_TRIES",
         "tries of a BatchWriteItem refused for its credentials, permissions or table before the exit 3",
         4,
+        minimum=1,
     )
     # X keeps a connection alive with a heartbeat every 20 s.
     stall_s: float = setting(
-        "STALL_S", "/livez fails once the connected source or the event loop is silent this long", 90.0
+        "STALL_S",
+        "/livez fails once the connected source or the event loop is silent this long",
+        90.0,
+        minimum=1.0,
     )
     code_version: str = setting("CODE_VERSION", "the image's tag, reported by stream_svc_build_info", "")
     code_revision: str = setting("CODE_REVISION", "the commit, reported by stream_svc_build_info", "")
     # The time-bucket key design (stream_svc.keys).
     bucket_shards: int = setting(
-        "BUCKET_SHARDS", "by_time index partitions per hour; writers and reports must agree", 1
+        "BUCKET_SHARDS", "by_time index partitions per hour; writers and reports must agree", 1, minimum=1
     )
     retention_days: float = setting(
-        "RETENTION_DAYS", "days an item is kept after analysis (DynamoDB TTL); 0: for ever", 0.0
+        "RETENTION_DAYS", "days an item is kept after analysis (DynamoDB TTL); 0: for ever", 0.0, minimum=0.0
     )
     # s3://: spooled at dead_letter_path, shipped as each file rolls over and at exit; a local path
     # becomes dead_letter_path.
@@ -94,11 +128,17 @@ class StreamConfig:
         "DEAD_LETTER_URI",
         "where dead letters last: s3://bucket/prefix or a local path; empty: DEAD_LETTER_PATH",
         "",
+        parse=str.strip,
     )
     dead_letter_roll_s: float = setting(
-        "DEAD_LETTER_ROLL_S", "a dead-letter file older than this is closed as a segment (and shipped)", 300.0
+        "DEAD_LETTER_ROLL_S",
+        "a dead-letter file older than this is closed as a segment (and shipped)",
+        300.0,
+        minimum=1.0,
     )
-    dead_letter_roll_mb: float = setting("DEAD_LETTER_ROLL_MB", "... or larger than this", 64.0)
+    dead_letter_roll_mb: float = setting(
+        "DEAD_LETTER_ROLL_MB", "... or larger than this", 64.0, minimum=0.001
+    )
 
     @classmethod
     def from_env(cls, environ: Environ, require_source: bool = True) -> StreamConfig:
@@ -106,41 +146,17 @@ class StreamConfig:
 
         `require_source=False` skips the checks of the source's own variables (for `create-table`, `report`).
         """
-        source = env_str(environ, "SOURCE", cls.source).strip().lower()
-        if source not in SOURCES:
-            raise ConfigError(f"SOURCE={source!r} must be one of {', '.join(SOURCES)}")
-        rules = tuple(r.strip() for r in environ.get("X_RULES", "").split(";") if r.strip())
-        config = cls(
-            model_target=env_str(environ, "MODEL_TARGET", cls.model_target),
-            source=source,
-            replay_path=environ.get("REPLAY_PATH", ""),
-            replay_rate=env_float(environ, "REPLAY_RATE", cls.replay_rate, minimum=0.0),
-            x_bearer_token=environ.get("X_BEARER_TOKEN", ""),
-            x_rules=rules,
-            x_api_base_url=env_str(environ, "X_API_BASE_URL", cls.x_api_base_url).rstrip("/"),
-            dynamodb_table=env_str(environ, "DYNAMODB_TABLE", cls.dynamodb_table),
-            batch_size=env_int(environ, "BATCH_SIZE", cls.batch_size, minimum=1),
-            batch_max_wait_s=env_float(environ, "BATCH_MAX_WAIT_S", cls.batch_max_wait_s, minimum=0.0),
-            predict_concurrency=env_int(environ, "PREDICT_CONCURRENCY", cls.predict_concurrency, minimum=1),
-            write_concurrency=env_int(environ, "WRITE_CONCURRENCY", cls.write_concurrency, minimum=1),
-            predict_timeout_s=env_float(environ, "PREDICT_TIMEOUT_S", cls.predict_timeout_s, minimum=0.001),
-            dead_letter_path=env_str(environ, "DEAD_LETTER_PATH", cls.dead_letter_path),
-            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
-            tls_ca_path=environ.get("TLS_CA_PATH", ""),
-            log_level=env_str(environ, "LOG_LEVEL", cls.log_level).upper(),
-            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
-            x_auth_max_tries=env_int(environ, "X_AUTH_MAX_TRIES", cls.x_auth_max_tries, minimum=1),
-            x_auth_retry_wait_s=env_float(
-                environ, "X_AUTH_RETRY_WAIT_S", cls.x_auth_retry_wait_s, minimum=0.0
-            ),
-            dynamodb_auth_max_tries=env_int(
-                environ, "DYNAMODB_AUTH_MAX_TRIES", cls.dynamodb_auth_max_tries, minimum=1
-            ),
-            stall_s=env_float(environ, "STALL_S", cls.stall_s, minimum=1.0),
-            code_version=environ.get("CODE_VERSION", ""),
-            code_revision=environ.get("CODE_REVISION", ""),
-        )
-        config = dataclasses.replace(config, **_storage_settings(environ, config.dead_letter_path))
+        values = read_settings(cls, environ)
+        # A local DEAD_LETTER_URI stands for DEAD_LETTER_PATH; an s3:// one makes DEAD_LETTER_PATH its spool.
+        uri, path = values["dead_letter_uri"], values["dead_letter_path"]
+        try:
+            check_location(uri or path, "DEAD_LETTER_URI")
+        except InvalidInput as exc:
+            raise ConfigError(str(exc)) from None
+        if uri and not uri.startswith("s3://"):
+            values["dead_letter_path"] = uri
+        values["dead_letter_uri"] = uri or path
+        config = cls(**values)
         if require_source:
             config.check_source()
         return config
@@ -164,26 +180,3 @@ class StreamConfig:
                 raise ConfigError("X_RULES is required when SOURCE=x (rules separated by ';')")
         if not self.x_api_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"X_API_BASE_URL={self.x_api_base_url!r} must start with http:// or https://")
-
-
-def _storage_settings(environ: Environ, dead_letter_path: str) -> dict[str, Any]:
-    """The table layout and dead-letter variables; a local DEAD_LETTER_URI stands for DEAD_LETTER_PATH."""
-    uri = environ.get("DEAD_LETTER_URI", "").strip()
-    try:
-        check_location(uri or dead_letter_path, "DEAD_LETTER_URI")
-    except InvalidInput as exc:
-        raise ConfigError(str(exc)) from None
-    if uri and not uri.startswith("s3://"):
-        dead_letter_path = uri
-    return {
-        "bucket_shards": env_int(environ, "BUCKET_SHARDS", StreamConfig.bucket_shards, minimum=1),
-        "retention_days": env_float(environ, "RETENTION_DAYS", StreamConfig.retention_days, minimum=0.0),
-        "dead_letter_uri": uri or dead_letter_path,
-        "dead_letter_path": dead_letter_path,
-        "dead_letter_roll_s": env_float(
-            environ, "DEAD_LETTER_ROLL_S", StreamConfig.dead_letter_roll_s, minimum=1.0
-        ),
-        "dead_letter_roll_mb": env_float(
-            environ, "DEAD_LETTER_ROLL_MB", StreamConfig.dead_letter_roll_mb, minimum=0.001
-        ),
-    }

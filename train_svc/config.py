@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sentiment.config import Environ, env_float, env_int, env_str, setting
+from sentiment.config import Environ, read_settings, setting
 from sentiment.dataset import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DatasetLimits
 from sentiment.errors import ConfigError, InvalidInput
 from sentiment.store import check_location
@@ -32,11 +32,14 @@ class TrainConfig:
         "scratch space for datasets and bundles (locked, swept at start); empty: a temporary directory",
         "",
     )
-    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8001)
-    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0)
+    metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8001, minimum=0)
+    grace_s: float = setting("GRACE_S", "seconds in-flight calls get on shutdown", 10.0, minimum=0.0)
     log_level: str = setting("LOG_LEVEL", "log level (JSON lines when stderr is not a terminal)", "INFO")
     cancel_timeout_s: float = setting(
-        "CANCEL_TIMEOUT_S", "seconds a trainer gets to stop by itself before it is terminated", 5.0
+        "CANCEL_TIMEOUT_S",
+        "seconds a trainer gets to stop by itself before it is terminated",
+        5.0,
+        minimum=0.0,
     )
     code_version: str = setting(
         "CODE_VERSION", "recorded in each manifest; empty: the installed package version", ""
@@ -45,18 +48,24 @@ class TrainConfig:
     max_message_bytes: int = 4 << 20
     # What one dataset may cost the trainer (the pod has 6 GiB): rows kept in memory (more are sampled
     # down to this, and the job says so), and bytes, both downloaded and read after gzip (more fails the job).
+    # Ten rows is the least the trainer can split into train, validation and test.
     max_dataset_rows: int = setting(
         "MAX_DATASET_ROWS",
         "rows kept in memory; more are sampled down to this (seeded, uniform)",
         DEFAULT_MAX_ROWS,
+        minimum=10,
     )
     max_dataset_bytes: int = setting(
         "MAX_DATASET_BYTES",
         "largest dataset download, and most bytes read from it after gzip",
         DEFAULT_MAX_BYTES,
+        minimum=1,
     )
     max_queued_jobs: int = setting(
-        "MAX_QUEUED_JOBS", "jobs that may wait behind the running one; more: RESOURCE_EXHAUSTED", 16
+        "MAX_QUEUED_JOBS",
+        "jobs that may wait behind the running one; more: RESOURCE_EXHAUSTED",
+        16,
+        minimum=1,
     )
 
     def __post_init__(self) -> None:
@@ -70,20 +79,4 @@ class TrainConfig:
 
     @classmethod
     def from_env(cls, environ: Environ) -> TrainConfig:
-        return cls(
-            store_uri=env_str(environ, "STORE_URI"),
-            listen_addr=env_str(environ, "LISTEN_ADDR", cls.listen_addr),
-            dataset_uri=environ.get("DATASET_URI", ""),
-            auth_token=environ.get("TRAIN_AUTH_TOKEN", ""),
-            work_dir=environ.get("WORK_DIR", ""),
-            metrics_port=env_int(environ, "METRICS_PORT", cls.metrics_port, minimum=0),
-            grace_s=env_float(environ, "GRACE_S", cls.grace_s, minimum=0.0),
-            log_level=env_str(environ, "LOG_LEVEL", cls.log_level),
-            cancel_timeout_s=env_float(environ, "CANCEL_TIMEOUT_S", cls.cancel_timeout_s, minimum=0.0),
-            code_version=environ.get("CODE_VERSION", ""),
-            code_revision=environ.get("CODE_REVISION", ""),
-            # Ten rows is the least the trainer can split into train, validation and test.
-            max_dataset_rows=env_int(environ, "MAX_DATASET_ROWS", cls.max_dataset_rows, minimum=10),
-            max_dataset_bytes=env_int(environ, "MAX_DATASET_BYTES", cls.max_dataset_bytes, minimum=1),
-            max_queued_jobs=env_int(environ, "MAX_QUEUED_JOBS", cls.max_queued_jobs, minimum=1),
-        )
+        return cls(**read_settings(cls, environ))
