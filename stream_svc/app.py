@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AsyncExitStack, aclosing, closing
+from contextlib import AsyncExitStack, closing
 from pathlib import Path
 
 from sentiment.errors import ConfigError
 from sentiment.metrics import MetricsEndpoint, build_info, package_version
-from sentiment.predict_client import PredictClient
 from sentiment.rpc import wait_for_signal
 from stream_svc.config import EXIT_FAILED, EXIT_TABLE_REFUSED, EXIT_X_REFUSED, StreamConfig
 from stream_svc.counters import Counters
@@ -27,9 +26,8 @@ from stream_svc.health import StreamHealth
 from stream_svc.metrics import StreamMetrics
 from stream_svc.pipeline import Pipeline
 from stream_svc.replay import ReplaySource
-from stream_svc.shipper import open_dead_letters
-from stream_svc.sink import DynamoSink, WriteRetry
 from stream_svc.sources import Source
+from stream_svc.wiring import open_pipeline
 from stream_svc.x_stream import XStreamSource
 
 log = logging.getLogger(__name__)
@@ -82,38 +80,14 @@ async def run(config: StreamConfig) -> int:
 async def _open_pipeline(
     config: StreamConfig, source: Source, metrics: StreamMetrics, stack: AsyncExitStack
 ) -> Pipeline:
-    """The pipeline, its metrics endpoint, Predict client, sink and dead-letter file (with its S3 shipper
-    when DEAD_LETTER_URI is s3://) entered on `stack`."""
+    """The pipeline (stream_svc.wiring) and its metrics endpoint with the probes, entered on `stack`."""
     health = StreamHealth(source, config.stall_s)
     probes = {"/livez": health.liveness, "/readyz": health.readiness}
     stack.enter_context(closing(MetricsEndpoint(metrics.registry, config.metrics_port, probes).start()))
     beat = asyncio.get_running_loop().create_task(health.beat(), name="stream-health")
     stack.callback(beat.cancel)
     build_info(metrics.registry, "stream_svc", config.code_version or package_version(), config.code_revision)
-    root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
-    client = await stack.enter_async_context(
-        PredictClient(
-            config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
-        )
-    )
-    retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)
-    sink = await DynamoSink.open(
-        config.dynamodb_table, concurrency=config.write_concurrency, retry=retry, metrics=metrics
-    )
-    await stack.enter_async_context(aclosing(sink))
-    dead_letter = await open_dead_letters(config, stack, metrics)  # shipped (s3://) as the stack closes
-    pipeline = Pipeline(
-        source,
-        client,
-        sink,
-        dead_letter,
-        batch_size=config.batch_size,
-        batch_max_wait_s=config.batch_max_wait_s,
-        predict_concurrency=config.predict_concurrency,
-        write_concurrency=config.write_concurrency,
-        metrics=metrics,
-        layout=config.layout,
-    )
+    pipeline = await open_pipeline(config, source, metrics, stack)
     health.table_ok = lambda: not pipeline.table_refused
     return pipeline
 

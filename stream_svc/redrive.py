@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aioboto3
 
-from sentiment.predict_client import PredictClient
 from sentiment.store import split_s3_uri
 from stream_svc.config import StreamConfig
 from stream_svc.counters import Counters
 from stream_svc.deadletter import parse_dead_letter
 from stream_svc.metrics import StreamMetrics
-from stream_svc.pipeline import Pipeline
-from stream_svc.shipper import open_dead_letters
-from stream_svc.sink import DynamoSink, WriteRetry
 from stream_svc.tweets import SourceEvent, Tweet
+from stream_svc.wiring import open_pipeline
 
 
 class DeadLetterSource:
@@ -125,30 +122,7 @@ async def redrive(config: StreamConfig, location: str) -> RedriveResult:
     metrics = StreamMetrics()
     failed_to = failures_path(config)
     async with AsyncExitStack() as stack:
-        root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
-        client = await stack.enter_async_context(
-            PredictClient(
-                config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
-            )
-        )
-        retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)
-        sink = await DynamoSink.open(
-            config.dynamodb_table, concurrency=config.write_concurrency, retry=retry, metrics=metrics
-        )
-        await stack.enter_async_context(aclosing(sink))
-        dead_letter = await open_dead_letters(config, stack, metrics, path=failed_to)
-        pipeline = Pipeline(
-            source,
-            client,
-            sink,
-            dead_letter,
-            batch_size=config.batch_size,
-            batch_max_wait_s=config.batch_max_wait_s,
-            predict_concurrency=config.predict_concurrency,
-            write_concurrency=config.write_concurrency,
-            metrics=metrics,
-            layout=config.layout,
-        )
+        pipeline = await open_pipeline(config, source, metrics, stack, dead_letter_path=failed_to)
         counters = await pipeline.run()
     where = config.dead_letter_uri if config.dead_letters_to_s3 else str(failed_to)
     return RedriveResult(counters, source.files, source.duplicates, where)
