@@ -46,7 +46,8 @@ class ModelServer:
 
 async def start_server(config: ModelConfig) -> ModelServer:
     """Listen at once (health NOT_SERVING), then load the CURRENT model if there is one (SERVING) and
-    keep polling `models/CURRENT` every RELOAD_INTERVAL_S.
+    keep polling `models/CURRENT` every RELOAD_INTERVAL_S. A worker process (`reuse_port`) loads first,
+    then listens.
 
     Returns when the first load attempt is over, whatever its outcome: with no model (none promoted,
     or a bad bundle) Predict answers UNAVAILABLE until a good one appears. Every resource is entered on
@@ -92,6 +93,11 @@ async def start_server(config: ModelConfig) -> ModelServer:
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
             PredictService(inference, lambda: reloader.current_version), server
         )
+        if config.reuse_port:
+            # One of WORKERS sharing the port: it joins the kernel's accept group only once its first load
+            # is over, or the kernel would hand it connections that get "no model loaded" while the
+            # workers that are ready (and answer the readiness probe) serve.
+            await reloader.check()
         port = rpc.bind(server, config.listen_addr, config.tls_cert_path, config.tls_key_path)
         await server.start()
         endpoint.start()
@@ -101,7 +107,8 @@ async def start_server(config: ModelConfig) -> ModelServer:
             "TLS" if config.tls_cert_path else "plaintext",
             config.metrics_port or "off",
         )
-        await reloader.check()
+        if not config.reuse_port:
+            await reloader.check()
         reload_task = asyncio.get_running_loop().create_task(reloader.run(), name="model-reload")
         stack.push_async_callback(_cancel, reload_task)
         lifecycle = Lifecycle("model_svc", health_servicer, grace, stack.pop_all())
