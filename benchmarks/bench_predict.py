@@ -10,7 +10,9 @@ Servers on one core run on CPU 0 with the load generator on CPU 1; on two cores 
 generator shares them (this machine has two). Every server and line is measured once per pass, passes
 interleaved (the servers' order rotates), and each figure is the median of the passes; the spread is printed.
 In-process lines run in a process of their own on CPU 0. At the end every server's scores for the same
-texts are compared with the in-process ones. Writes benchmarks/results/predict.json.
+texts are compared with the in-process ones, and the scaling lines are sent again to the model_svc configs
+by h2load (`predict_h2load`: a C load generator that needs a few percent of a core, so a server on two
+cores keeps them). Writes benchmarks/results/predict.json.
 
 `python -m benchmarks.bench_predict [--bundle DIR] [--duration 4] [--passes 3]` (= `make bench-predict`)
 """
@@ -24,7 +26,9 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import predict_local, predict_report
+from benchmarks import predict_h2load, predict_local, predict_report
 from benchmarks.common import RESULTS_DIR, ROOT, machine, train_bundle, utc_now, write_results
 from benchmarks.peers import MLServerPeer, ModelSvcPeer, tree_memory_mib
 from benchmarks.predict_grpc import LINES, grpc_line, served_scores, warm_worker
@@ -222,6 +226,30 @@ def median_rows(passes: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str,
     return out
 
 
+# model_svc configs measured with h2load, and the CPUs h2load gets beside each (predict_h2load).
+H2LOAD_CONFIGS = {"model_svc": "1", "model_svc 2 workers": "0,1", "model_svc 1 worker, 2 TF threads": "0,1"}
+
+
+def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, passes: int) -> dict[str, Any]:
+    """The scaling lines sent by h2load to the model_svc configs, interleaved in `passes` passes."""
+    predict_h2load.ensure_h2load()
+    runs: list[dict[str, dict[str, dict[str, Any]]]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        bodies = predict_h2load.write_bodies(texts, Path(folder))
+        for index in range(passes):
+            runs.append({config: {} for config in H2LOAD_CONFIGS})
+            for line, *_ in predict_h2load.LINES:
+                for config, cpus in H2LOAD_CONFIGS.items():
+                    row = predict_h2load.line_row(peers[config], line, bodies[line], seconds, cpus)
+                    runs[-1][config][line] = row
+                    print(
+                        f"  h2load pass {index + 1} {line:22} {config:34} {row['tweets_per_s']:>8.0f}/s"
+                        f"  mean {row['mean_ms']:7.2f} ms  h2load {row['load_generator_cores']:.2f} cores",
+                        flush=True,
+                    )
+    return {"rows": median_rows(runs), "passes": runs, "load_cpus": H2LOAD_CONFIGS}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle = ensure_bundle(args.bundle)
     texts = read_texts(args.texts)
@@ -251,6 +279,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 local_passes.append({r["name"]: r for r in rows})
                 passes.append(await one_pass(index, plan, peers, pool, texts, args))
             diffs = await check_scores(plan, peers, local, texts[:CHECK_TEXTS])
+            try:
+                scaling = await asyncio.to_thread(
+                    h2load_scaling, peers, texts, args.duration * 1.5, args.passes
+                )
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:  # the rest still counts
+                print(f"h2load scaling lines failed: {exc}", flush=True)
+                scaling = {}
         finally:
             exits = {name: peer.stop() for name, peer in peers.items()}
     in_process = median_rows([{"in-process": p} for p in local_passes])["in-process"]
@@ -261,6 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "in_process_passes": local_passes,
         "fused_graph": fused,
         "score_max_abs_diff": diffs,
+        "scaling_h2load": scaling,
         "memory_rss_mib": memory,
         "sigterm_exit_codes": exits,
         "cores": {c.name: c.cores for c in plan},

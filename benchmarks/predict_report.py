@@ -95,6 +95,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _goal(f"{line}: 2 cores vs 1", paired(result, _vs(SVC_2W, line, SVC, line)), 1.8, detail=SVC_2W)
         )
+    for line, ratio in h2load_scaling_ratios(result).items():
+        out.append(_goal(f"{line}: 2 cores vs 1, sent by h2load", ratio, 1.8, detail=SVC_2W))
     out.append(_goal(f"{c64} p99 / p50", svc[c64]["p99_ms"] / svc[c64]["p50_ms"], 2.0, higher=False))
     for name, diff in result["score_max_abs_diff"].items():
         out.append(_goal(f"{name}: max |score - in-process|", diff, 1e-5, higher=False))
@@ -114,6 +116,43 @@ def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
         for line in BATCH_LINES
         if all(f"in-process Inference, {line}" in local for local in result["in_process_passes"])
     }
+
+
+def h2load_scaling_ratios(result: dict[str, Any]) -> dict[str, float]:
+    """`WORKERS=2` on two cores over one worker on one core, per line sent by h2load (median of the
+    per-pass ratios)."""
+    scaling = result.get("scaling_h2load")
+    if not scaling:
+        return {}
+    lines = scaling["rows"][SVC]
+    return {
+        line: round(
+            statistics.median(
+                p[SVC_2W][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"] for p in scaling["passes"]
+            ),
+            3,
+        )
+        for line in lines
+    }
+
+
+def _print_h2load(result: dict[str, Any]) -> None:
+    scaling = result.get("scaling_h2load")
+    if not scaling:
+        return
+    rows = scaling["rows"]
+    configs = list(rows)
+    print("\nScaling, sent by h2load (C, a few % of a core): texts/s (mean ms; h2load's cores), medians")
+    print("| line | " + " | ".join(configs) + " | 2 workers / 1 core |")
+    print("|---|" + "---|" * (len(configs) + 1))
+    ratios = h2load_scaling_ratios(result)
+    for line in rows[SVC]:
+        cells = [
+            f"{rows[c][line]['tweets_per_s']:,.0f} ({rows[c][line]['mean_ms']:.1f}; "
+            f"{rows[c][line]['load_generator_cores']:.2f})"
+            for c in configs
+        ]
+        print(f"| {line} | " + " | ".join(cells) + f" | {ratios[line]:.2f}x |")
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -159,6 +198,7 @@ def print_report(result: dict[str, Any]) -> None:
             per_core = rows[c][line]["tweets_per_s"] / cores if cores else 0.0
             cells.append(f"{c}: {cores:.2f} ({per_core:,.0f})")
         print(f"  {line:22} " + "  ".join(cells))
+    _print_h2load(result)
     print("\nin process (CPU 0):")
     for name, r in result["in_process"].items():
         print(f"  {name:34} {r['tweets_per_s']:>9,.0f}/s  p50 {r['p50_ms']:.2f} ms")

@@ -1,0 +1,118 @@
+"""bench_predict's scaling lines, sent by h2load (nghttp2's HTTP/2 load generator, in C) instead of Python.
+
+On a machine of two cores the Python load generator needs about as much CPU as the server on the unary
+lines, so "a server on two cores" would share them with its load. h2load sends the same gRPC calls (a
+framed protobuf body, `content-type: application/grpc`) for a few percent of a core: the server on one core
+gets CPU 0 with h2load on CPU 1, the server on two cores gets both with h2load beside it, and h2load's own
+CPU time is measured and reported. h2load sends one body per line (the first texts of the run's tweets, the
+same each call) and sees every answer as HTTP 200, so the server's own counters are read before and after:
+a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end).
+
+`var/h2load/` is installed on first use from Debian's packages (`scripts/install_h2load.sh`).
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import struct
+import subprocess
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT
+from protos import predict_pb2
+
+H2LOAD = ROOT / "var" / "h2load" / "bin" / "h2load"
+# (line, rpc, texts a call (0: unary Predict), connections, streams a connection)
+LINES = [
+    ("Predict c=64", "Predict", 0, 8, 8),
+    ("PredictBatch 64 c=4", "PredictBatch", 64, 4, 1),
+    ("PredictBatch 256 c=4", "PredictBatch", 256, 4, 1),
+]
+WARM_S = 2
+ALLOWED = {"OK", "CANCELLED"}  # CANCELLED: the calls in flight when h2load stops
+
+
+def ensure_h2load() -> Path:
+    if not H2LOAD.is_file():
+        print("installing h2load into var/h2load (benchmark only) ...", flush=True)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "install_h2load.sh"), str(H2LOAD.parents[1])], check=True
+        )
+    return H2LOAD
+
+
+def write_bodies(texts: list[str], folder: Path) -> dict[str, Path]:
+    """Each line's request body: one gRPC message frame (flag byte, big-endian length, protobuf)."""
+    bodies = {}
+    for line, _, batch, _, _ in LINES:
+        message = (
+            predict_pb2.PredictBatchRequest(texts=texts[:batch])
+            if batch
+            else predict_pb2.PredictRequest(text=texts[0])
+        ).SerializeToString()
+        path = folder / f"{line.replace(' ', '_').replace('=', '')}.grpc"
+        path.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
+        bodies[line] = path
+    return bodies
+
+
+def grpc_codes(metrics_port: int) -> Counter[str]:
+    """The server's calls by status code so far, summed over its workers."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    codes: Counter[str] = Counter()
+    for labels, value in re.findall(r"^model_svc_requests_total\{([^}]*)\} (\S+)$", page, re.MULTILINE):
+        code = re.search(r'code="([^"]+)"', labels)
+        codes[code.group(1) if code else "?"] += int(float(value))
+    return codes
+
+
+def _h2load(port: int, rpc: str, body: Path, conns: int, streams: int, seconds: float, cpus: str) -> str:
+    command = [
+        "taskset", "-c", cpus, str(H2LOAD), "-D", str(max(1, round(seconds))), "-c", str(conns), "-m", str(streams),
+        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"http://127.0.0.1:{port}/sentiment.v1.PredictService/{rpc}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load exited {done.returncode}: {done.stdout[-800:]} {done.stderr[-800:]}")
+    return done.stdout
+
+
+def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -> dict[str, Any]:
+    """One line against `peer` (a ModelSvcPeer): calls and texts a second, mean latency, h2load's CPU."""
+    _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
+    port = peer.program.port
+    _h2load(port, rpc, body, conns, streams, WARM_S, load_cpus)
+    before = grpc_codes(peer.metrics_port)
+    used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = _h2load(port, rpc, body, conns, streams, seconds, load_cpus)
+    used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    codes = grpc_codes(peer.metrics_port) - before
+    finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if not (finished and done and mean):
+        raise RuntimeError(f"h2load printed no figures:\n{out}")
+    bad = {code: n for code, n in codes.items() if code not in ALLOWED}
+    if bad:
+        raise RuntimeError(f"{peer.name} {line}: calls that were not OK: {bad}")
+    calls_per_s = float(finished.group(2))
+    cpu_s = (used_after.ru_utime + used_after.ru_stime) - (used_before.ru_utime + used_before.ru_stime)
+    return {
+        "name": line,
+        "calls_per_s": calls_per_s,
+        "tweets_per_s": round(calls_per_s * max(1, batch), 1),
+        "mean_ms": _ms(mean.group(1)),
+        "ok_calls": codes["OK"],
+        "load_generator_cores": round(cpu_s / float(finished.group(1)), 3),
+    }
+
+
+def _ms(text: str) -> float:
+    """h2load's durations: `850us`, `12.34ms`, `1.2s`."""
+    number, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return round(float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
