@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sentiment.config import EXIT_CONFIG, EXIT_OK, answer_cli
-from sentiment.errors import ConfigError
+from sentiment.errors import ConfigError, InvalidInput
 from sentiment.logs import setup_logging
 from stream_svc import commands
 from stream_svc.config import EXIT_FAILED, EXIT_TABLE_REFUSED, EXIT_X_REFUSED, StreamConfig
@@ -37,7 +37,7 @@ SUMMARY = (
 )
 EXIT_CODES = {
     EXIT_OK: "done: the replay ended, or SIGTERM/SIGINT after the drain; received = written + dead-lettered + skipped",
-    EXIT_FAILED: "the counters do not balance, the source failed, or the X stream ended by itself",
+    EXIT_FAILED: "the counters do not balance, the source failed, the X stream ended by itself, or an input was refused",
     EXIT_CONFIG: "bad configuration or arguments (the message names the variable)",
     EXIT_TABLE_REFUSED: "DynamoDB refused the credentials, the permissions or the table",
     EXIT_X_REFUSED: "the X API refused the bearer token (401/403) X_AUTH_MAX_TRIES times",
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except TableAccessError as exc:
         print(f"stream_svc stopped: {exc}", file=sys.stderr)
         return EXIT_TABLE_REFUSED
+    except InvalidInput as exc:  # e.g. a dead-letter object too large to read back
+        print(f"stream_svc stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ async def forget_command(config: StreamConfig, ids_path: str, dead_letters: str 
     "" skips them)."""
     handle = sys.stdin if ids_path == "-" else open(ids_path, encoding="utf-8")
     with handle:
-        ids = list(read_ids(handle))
+        ids = set(read_ids(handle))
     async with dynamodb_client(32) as client:
         counts = await forget(client, config.dynamodb_table, ids)
     print(
@@ -193,7 +193,7 @@ async def forget_command(config: StreamConfig, ids_path: str, dead_letters: str 
     location = config.dead_letter_uri if dead_letters is None else dead_letters
     if location:
         try:
-            scrubbed = await scrub_dead_letters(location, set(ids))
+            scrubbed = await scrub_dead_letters(location, ids)
         except ClientError as exc:
             code, message = error_code(exc)
             print(f"dead letters at {location}: cannot scrub them: {code}: {message}", file=sys.stderr)

@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from sentiment.retry import full_jitter_s
 from sentiment.store import split_s3_uri
 from stream_svc.dynamodb import THROTTLING_CODES, TRANSIENT_CODES, error_code
+from stream_svc.shipper import shipped_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,9 @@ def without_ids(text: str, ids: Collection[str]) -> tuple[str, int]:
 
 
 def local_dead_letter_files(location: str) -> list[Path]:
-    """A folder's `*.jsonl`; for a file, the file and its closed segments beside it (`<stem>.*<suffix>`)."""
+    """A folder's `*.jsonl`; for a file, the file and every file beside it named `<stem>.*<suffix>`: its
+    closed segments (`DeadLetterFile.segments`) and what redrives failed again (`<stem>.redrive-*`), with
+    theirs."""
     path = Path(location)
     if path.is_dir():
         return sorted(path.glob("*.jsonl"))
@@ -156,16 +159,12 @@ def _replace(file: Path, text: str) -> None:
 
 
 async def _scrub_s3(uri: str, ids: Collection[str], counts: ScrubCounts) -> None:
-    bucket, prefix = split_s3_uri(uri)
+    bucket, _ = split_s3_uri(uri)
     async with aioboto3.Session().client("s3") as s3:
-        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                answer = await s3.get_object(Bucket=bucket, Key=obj["Key"])
-                async with answer["Body"] as body:
-                    text = (await body.read()).decode("utf-8")
-                counts.files += 1
-                kept, removed = without_ids(text, ids)
-                if removed:
-                    await s3.put_object(Bucket=bucket, Key=obj["Key"], Body=kept.encode("utf-8"))
-                    counts.rewritten += 1
-                    counts.removed += removed
+        async for key, text in shipped_dead_letters(s3, uri):
+            counts.files += 1
+            kept, removed = without_ids(text, ids)
+            if removed:
+                await s3.put_object(Bucket=bucket, Key=key, Body=kept.encode("utf-8"))
+                counts.rewritten += 1
+                counts.removed += removed

@@ -25,6 +25,7 @@ from stream_svc.config import StreamConfig
 from stream_svc.counters import Counters
 from stream_svc.deadletter import parse_dead_letter
 from stream_svc.metrics import StreamMetrics
+from stream_svc.shipper import shipped_dead_letters
 from stream_svc.tweets import SourceEvent, Tweet
 from stream_svc.wiring import open_pipeline
 
@@ -87,17 +88,14 @@ class DeadLetterSource:
 
 
 async def _s3_objects(uri: str) -> AsyncIterator[tuple[str, str]]:
-    bucket, prefix = split_s3_uri(uri)
+    bucket, _ = split_s3_uri(uri)
+    found = False
     async with aioboto3.Session().client("s3") as s3:
-        keys: list[str] = []
-        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        if not keys:
-            raise FileNotFoundError(f"no dead-letter objects under {uri}")
-        for key in sorted(keys):
-            answer = await s3.get_object(Bucket=bucket, Key=key)
-            async with answer["Body"] as body:
-                yield f"s3://{bucket}/{key}", (await body.read()).decode("utf-8")
+        async for key, text in shipped_dead_letters(s3, uri):
+            found = True
+            yield f"s3://{bucket}/{key}", text
+    if not found:
+        raise FileNotFoundError(f"no dead-letter objects under {uri}")
 
 
 @dataclass(frozen=True)

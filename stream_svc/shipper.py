@@ -6,6 +6,7 @@ time or size) and deletes the local copy only after S3 took it. At start it ship
 process left (a restarted container keeps its emptyDir); `aclose()` rolls the file and ships everything
 before the program exits, retrying for `close_timeout_s`: that is how the tweets dead-lettered at the
 GRACE_S deadline reach S3. A segment S3 still refuses stays on disk, named in an ERROR line.
+`shipped_dead_letters` reads them back (for `redrive` and `forget`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,37 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, closing
 from pathlib import Path
+from typing import Any
 
+from sentiment.errors import TooLarge
 from sentiment.retry import full_jitter_s
-from sentiment.store import S3Store
+from sentiment.store import S3Store, split_s3_uri
 from stream_svc.config import StreamConfig
 from stream_svc.deadletter import DeadLetterFile
 from stream_svc.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
+
+# The most of one dead-letter object read back into memory (segments roll over at DEAD_LETTER_ROLL_MB, 64).
+MAX_SEGMENT_BYTES = 1 << 30
+
+
+async def shipped_dead_letters(s3: Any, uri: str) -> AsyncIterator[tuple[str, str]]:
+    """(key, text) of every object under `uri` (s3://bucket/key-or-prefix), in key order, through the
+    aioboto3 S3 client `s3`; an object larger than MAX_SEGMENT_BYTES raises TooLarge before it is read."""
+    bucket, prefix = split_s3_uri(uri)
+    keys: list[str] = []
+    async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    for key in sorted(keys):
+        answer = await s3.get_object(Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            if int(answer.get("ContentLength") or 0) > MAX_SEGMENT_BYTES:
+                raise TooLarge(f"s3://{bucket}/{key} is larger than {MAX_SEGMENT_BYTES:,} bytes")
+            yield key, (await body.read()).decode("utf-8")
 
 
 class DeadLetterShipper:

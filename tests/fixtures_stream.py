@@ -393,6 +393,11 @@ class AuthAws:
             "AWS_REGION": self.region,
         }
 
+    def process_env(self, key: AccessKey) -> dict[str, str]:
+        """This process's environment less its own AWS variables, running as `key` against this server."""
+        own = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        return {**own, **self.env(key)}
+
     def writer(self) -> tuple[AccessKey, str]:
         """A new user allowed `dynamodb:*` with its access key, and a new analysis table."""
         name = f"writer-{uuid.uuid4().hex[:8]}"

@@ -13,7 +13,6 @@ import asyncio
 import copy
 import dataclasses
 import json
-import os
 import sys
 import uuid
 from datetime import timedelta
@@ -49,13 +48,12 @@ def policy(name: str) -> dict[str, Any]:
 
 async def as_user(auth_aws: AuthAws, key: AccessKey, env: dict[str, str], *args: str) -> tuple[int, str]:
     """`python -m stream_svc ARGS` with only `key`'s credentials (no AWS variable of this process)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "stream_svc",
         *args,
-        env={**clean, **auth_aws.env(key), "LOG_LEVEL": "WARNING", **env},
+        env={**auth_aws.process_env(key), "LOG_LEVEL": "WARNING", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -96,8 +94,7 @@ async def test_the_stream_and_the_operator_commands_run_on_their_policies_alone(
     tweets[-2:] = [dataclasses.replace(t, text="so long " * 200) for t in tweets[-2:]]
     replay = tmp_path / "replay.jsonl"
     replay.write_text("".join(json.dumps(x_api_payload(t)) + "\n" for t in tweets))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    stream_env = {**clean, **auth_aws.env(stream_key), **env, "SOURCE": "replay", "REPLAY_PATH": str(replay), "METRICS_PORT": "0"}  # fmt: skip
+    stream_env = {**auth_aws.process_env(stream_key), **env, "SOURCE": "replay", "REPLAY_PATH": str(replay), "METRICS_PORT": "0"}  # fmt: skip
     proc = await spawn_stream_svc(stream_env)
     _, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-3000:]
@@ -144,9 +141,8 @@ async def test_train_svc_and_model_svc_run_on_their_policies_alone(
     admin_s3.put_object(Bucket="tweet-sentiment-data", Key="tweets.csv.gz", Body=dataset_file.read_bytes())
     store = "s3://tweet-sentiment-models/dev"
     train_key, model_key = auth_aws.user(policy("train-svc")), auth_aws.user(policy("model-svc"))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    base = {**clean, "STORE_URI": store, "METRICS_PORT": "0", "GRACE_S": "1"}
-    train = start("train_svc", {**base, **auth_aws.env(train_key), "WORK_DIR": str(tmp_path / "work")}, tmp_path / "train.log")  # fmt: skip
+    base = {"STORE_URI": store, "METRICS_PORT": "0", "GRACE_S": "1"}
+    train = start("train_svc", {**auth_aws.process_env(train_key), **base, "WORK_DIR": str(tmp_path / "work")}, tmp_path / "train.log")  # fmt: skip
     try:
         await train.wait_serving("sentiment.v1.TrainService", 60)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{train.port}") as channel:
@@ -166,7 +162,7 @@ async def test_train_svc_and_model_svc_run_on_their_policies_alone(
     finally:
         await asyncio.to_thread(train.stop, 10)
 
-    model = start("model_svc", {**base, **auth_aws.env(model_key)}, tmp_path / "model.log")
+    model = start("model_svc", {**auth_aws.process_env(model_key), **base}, tmp_path / "model.log")
     try:
         await model.wait_serving("sentiment.v1.PredictService", 60)
         async with PredictClient(f"127.0.0.1:{model.port}") as client:
