@@ -14,7 +14,8 @@ texts are compared with the in-process ones, and the scaling lines are sent agai
 by h2load (`predict_h2load`: a C load generator that needs a few percent of a core, so a server on two
 cores keeps them). Writes benchmarks/results/predict.json.
 
-`python -m benchmarks.bench_predict [--bundle DIR] [--duration 4] [--passes 3]` (= `make bench-predict`)
+`python -m benchmarks.bench_predict [--bundle DIR] [--duration 4] [--passes 3] [--h2load-passes 5]`
+(= `make bench-predict`)
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, pass
                     runs[-1][config][line] = row
                     print(
                         f"  h2load pass {index + 1} {line:22} {config:34} {row['tweets_per_s']:>8.0f}/s"
-                        f"  mean {row['mean_ms']:7.2f} ms  h2load {row['load_generator_cores']:.2f} cores",
+                        f"  mean {row['mean_ms']:7.2f} ms  h2load {row['load_generator_cores']:.2f} cores"
+                        f"  busiest worker {row['busiest_worker_share']:.2f}",
                         flush=True,
                     )
     return {"rows": median_rows(runs), "passes": runs, "load_cpus": H2LOAD_CONFIGS}
@@ -281,7 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             diffs = await check_scores(plan, peers, local, texts[:CHECK_TEXTS])
             try:
                 scaling = await asyncio.to_thread(
-                    h2load_scaling, peers, texts, args.duration * 1.5, args.passes
+                    h2load_scaling, peers, texts, args.duration * 1.5, args.h2load_passes
                 )
             except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:  # the rest still counts
                 print(f"h2load scaling lines failed: {exc}", flush=True)
@@ -309,6 +311,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="a bundle folder (default: the default model, cached)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per line and pass")
     parser.add_argument("--passes", type=int, default=3, help="interleaved passes (figures are medians)")
+    parser.add_argument(
+        "--h2load-passes", type=int, default=5, help="passes of the h2load lines (each splits anew)"
+    )
     parser.add_argument("--texts", type=int, default=20000, help="real tweets to send")
     parser.add_argument("--load-procs", type=int, default=2, help="load generator processes")
     args = parser.parse_args()
@@ -326,6 +331,7 @@ def main() -> None:
     }
     result["goals"] = predict_report.goals(result)
     result["vs_no_grpc"] = predict_report.vs_no_grpc(result)
+    result["h2load_even_split"] = predict_report.h2load_even_split_ratios(result)
     result["total_s"] = round(time.monotonic() - started, 1)
     write_results(RESULTS, result)
     predict_report.print_report(result)

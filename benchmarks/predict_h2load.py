@@ -6,7 +6,8 @@ framed protobuf body, `content-type: application/grpc`) for a few percent of a c
 gets CPU 0 with h2load on CPU 1, the server on two cores gets both with h2load beside it, and h2load's own
 CPU time is measured and reported. h2load sends one body per line (the first texts of the run's tweets, the
 same each call) and sees every answer as HTTP 200, so the server's own counters are read before and after:
-a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end).
+a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end). The same
+counters, by worker, tell how the kernel split h2load's few connections among WORKERS (`busiest_worker_share`).
 
 `var/h2load/` is installed on first use from Debian's packages (`scripts/install_h2load.sh`).
 """
@@ -60,14 +61,15 @@ def write_bodies(texts: list[str], folder: Path) -> dict[str, Path]:
     return bodies
 
 
-def grpc_codes(metrics_port: int) -> Counter[str]:
-    """The server's calls by status code so far, summed over its workers."""
+def grpc_calls(metrics_port: int) -> Counter[tuple[str, str]]:
+    """The server's calls so far by (worker, status code); worker "-" for a server of one process."""
     page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    codes: Counter[str] = Counter()
+    calls: Counter[tuple[str, str]] = Counter()
     for labels, value in re.findall(r"^model_svc_requests_total\{([^}]*)\} (\S+)$", page, re.MULTILINE):
         code = re.search(r'code="([^"]+)"', labels)
-        codes[code.group(1) if code else "?"] += int(float(value))
-    return codes
+        worker = re.search(r'worker="([^"]+)"', labels)
+        calls[(worker.group(1) if worker else "-", code.group(1) if code else "?")] += int(float(value))
+    return calls
 
 
 def _h2load(port: int, rpc: str, body: Path, conns: int, streams: int, seconds: float, cpus: str) -> str:
@@ -87,11 +89,16 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
     _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
     port = peer.program.port
     _h2load(port, rpc, body, conns, streams, WARM_S, load_cpus)
-    before = grpc_codes(peer.metrics_port)
+    before = grpc_calls(peer.metrics_port)
     used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = _h2load(port, rpc, body, conns, streams, seconds, load_cpus)
     used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    codes = grpc_codes(peer.metrics_port) - before
+    calls = grpc_calls(peer.metrics_port) - before
+    codes: Counter[str] = Counter()
+    by_worker: Counter[str] = Counter()
+    for (worker, code), n in calls.items():
+        codes[code] += n
+        by_worker[worker] += n if code == "OK" else 0
     finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
@@ -108,6 +115,8 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
         "tweets_per_s": round(calls_per_s * max(1, batch), 1),
         "mean_ms": _ms(mean.group(1)),
         "ok_calls": codes["OK"],
+        # The kernel gives each of h2load's connections to one worker: 0.5 is an even split of two.
+        "busiest_worker_share": round(max(by_worker.values()) / max(1, codes["OK"]), 3),
         "load_generator_cores": round(cpu_s / float(finished.group(1)), 3),
     }
 

@@ -136,6 +136,28 @@ def h2load_scaling_ratios(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+EVEN_SPLIT = 0.6  # the busiest of two workers answered at most this share of a line's calls
+
+
+def h2load_even_split_ratios(result: dict[str, Any]) -> dict[str, tuple[float, int, int]]:
+    """Per line: the median `WORKERS=2` / 1 core ratio over the passes where the kernel split h2load's
+    connections evenly between the two workers, with how many passes did (of how many)."""
+    scaling = result.get("scaling_h2load")
+    if not scaling:
+        return {}
+    out = {}
+    for line in scaling["rows"][SVC]:
+        passes = scaling["passes"]
+        even = [
+            p[SVC_2W][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"]
+            for p in passes
+            if p[SVC_2W][line].get("busiest_worker_share", 1.0) <= EVEN_SPLIT
+        ]
+        if even:
+            out[line] = (round(statistics.median(even), 3), len(even), len(passes))
+    return out
+
+
 def _print_h2load(result: dict[str, Any]) -> None:
     scaling = result.get("scaling_h2load")
     if not scaling:
@@ -153,6 +175,16 @@ def _print_h2load(result: dict[str, Any]) -> None:
             for c in configs
         ]
         print(f"| {line} | " + " | ".join(cells) + f" | {ratios[line]:.2f}x |")
+    shares = {
+        line: [p[SVC_2W][line].get("busiest_worker_share") for p in scaling["passes"]] for line in rows[SVC]
+    }
+    even = h2load_even_split_ratios(result)
+    print(f"\n{SVC_2W}: the busiest worker's share of the calls, pass by pass (0.50: an even split)")
+    for line, values in shares.items():
+        text = ", ".join(f"{v:.2f}" for v in values if v is not None)
+        ratio = even.get(line)
+        tail = f"; passes split evenly ({ratio[1]} of {ratio[2]}): {ratio[0]:.2f}x 1 core" if ratio else ""
+        print(f"  {line}: {text}{tail}")
 
 
 def _cell(row: dict[str, Any] | None) -> str:

@@ -1,7 +1,9 @@
 """Async Predict client for internal callers (stream_svc, benchmarks, tests); it speaks gRPC so they need not.
 
-One channel, `round_robin` over every address a `dns:///` target resolves to (a headless Service gives one
-per pod), a deadline on each call, and retries with exponential backoff and full jitter on UNAVAILABLE,
+`connections` channels, each `round_robin` over every address a `dns:///` target resolves to (a headless
+Service gives one per pod), so each pod gets that many connections and calls take the channels in turn: a
+pod running WORKERS server processes hands each connection to one of them (the kernel picks), so a client
+needs several connections to a pod to reach all its workers. Then a deadline on each call, and retries with exponential backoff and full jitter on UNAVAILABLE,
 DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED. A call that still fails raises the domain error of
 `sentiment.errors` its status code stands for, the inverse of `sentiment.rpc.STATUS_FOR` (INVALID_ARGUMENT:
 `InvalidInput`, UNAVAILABLE: `ModelNotReady`, RESOURCE_EXHAUSTED: `Overloaded`, DEADLINE_EXCEEDED:
@@ -12,10 +14,11 @@ the message names the code and the server's details (`UNAVAILABLE: model_svc is 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -37,8 +40,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 ERROR_FOR: dict[grpc.StatusCode, type[SentimentError]] = {
     code: error for error, code in reversed(STATUS_FOR.items())
 }
-
-R = TypeVar("R")
 
 
 class PredictFailed(SentimentError):
@@ -75,20 +76,31 @@ class PredictClient:
         retry: RetryPolicy = RetryPolicy(),
         root_certificates: bytes | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        connections: int = 1,
     ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
         options = [
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.enable_retries", 0),  # retries are ours, with backoff we can see and count
+            # Channels with the same arguments would share one connection a pod (the global pool).
+            ("grpc.use_local_subchannel_pool", 1),
         ]
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._stub = predict_pb2_grpc.PredictServiceStub(self._channel)
+        credentials = (
+            grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            if root_certificates is not None
+            else None
+        )
+        self._channels = [
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+            for _ in range(connections)
+        ]
+        self._stubs = itertools.cycle([predict_pb2_grpc.PredictServiceStub(ch) for ch in self._channels])
         self.timeout_s = timeout_s
         self.retry = retry
         self.retries = 0
@@ -100,27 +112,27 @@ class PredictClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._channel.close()
+        await asyncio.gather(*(channel.close() for channel in self._channels))
 
     async def predict(self, text: str) -> Prediction:
-        response = await self._call(self._stub.Predict, predict_pb2.PredictRequest(text=text))
+        response = await self._call("Predict", predict_pb2.PredictRequest(text=text))
         return _from_proto(response)
 
     async def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
         """One prediction per text, same order; raises a domain error once retries are spent."""
-        response = await self._call(
-            self._stub.PredictBatch, predict_pb2.PredictBatchRequest(texts=list(texts))
-        )
+        response = await self._call("PredictBatch", predict_pb2.PredictBatchRequest(texts=list(texts)))
         if len(response.predictions) != len(texts):
             raise RuntimeError(
                 f"PredictBatch returned {len(response.predictions)} predictions for {len(texts)} texts"
             )
         return [_from_proto(p) for p in response.predictions]
 
-    async def _call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
+    async def _call(self, method: str, request: Any) -> Any:
+        """`method` of the next channel's stub; a retry takes the channel after it."""
         for attempt in range(1, self.retry.attempts + 1):
+            call = getattr(next(self._stubs), method)
             try:
-                return await method(request, timeout=self.timeout_s, wait_for_ready=attempt > 1)
+                return await call(request, timeout=self.timeout_s, wait_for_ready=attempt > 1)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code not in RETRYABLE or attempt == self.retry.attempts:

@@ -67,6 +67,12 @@ class StreamConfig:
         minimum=0.0,
     )
     predict_concurrency: int = setting("PREDICT_CONCURRENCY", "PredictBatch calls in flight", 4, minimum=1)
+    predict_connections: int = setting(
+        "PREDICT_CONNECTIONS",
+        "connections to each model_svc pod, taken in turn (a pod's WORKERS split its connections)",
+        4,
+        minimum=1,
+    )
     write_concurrency: int = setting("WRITE_CONCURRENCY", "BatchWriteItem requests in flight", 8, minimum=1)
     predict_timeout_s: float = setting(
         "PREDICT_TIMEOUT_S",

@@ -27,7 +27,10 @@ async def open_pipeline(
     root_certificates = Path(config.tls_ca_path).read_bytes() if config.tls_ca_path else None
     client = await stack.enter_async_context(
         PredictClient(
-            config.model_target, timeout_s=config.predict_timeout_s, root_certificates=root_certificates
+            config.model_target,
+            timeout_s=config.predict_timeout_s,
+            root_certificates=root_certificates,
+            connections=config.predict_connections,
         )
     )
     retry = WriteRetry(auth_attempts=config.dynamodb_auth_max_tries)

@@ -42,6 +42,29 @@ async def test_predict_batch_and_predict(model_server: Any) -> None:
     assert single == results[0]
 
 
+def established_to(port: int) -> int:
+    """TCP connections established to `port` on this machine (the server's side of each)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += int(local.rsplit(":", 1)[1], 16) == port and state == "01"
+    return count
+
+
+async def test_calls_take_the_connections_in_turn(model_server: Any) -> None:
+    """A pod's WORKERS split its connections: a client of 3 connections holds 3 to one server, and
+    spreads its calls over them."""
+    before = established_to(model_server.port)
+    async with PredictClient(f"127.0.0.1:{model_server.port}", connections=3) as client:
+        for _ in range(2):
+            results = await asyncio.gather(*(client.predict(CLEARLY_POSITIVE[1]) for _ in range(3)))
+            assert len(set(results)) == 1
+        assert established_to(model_server.port) - before == 3
+    with pytest.raises(ValueError, match="connections"):
+        PredictClient("127.0.0.1:1", connections=0)
+
+
 async def test_invalid_argument_is_not_retried_and_raises_invalid_input(model_server: Any) -> None:
     async with PredictClient(f"127.0.0.1:{model_server.port}", retry=FAST_RETRY) as client:
         with pytest.raises(errors.InvalidInput) as caught:

@@ -10,12 +10,11 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos import predict_pb2, predict_pb2_grpc
 from scripts.local_aws import free_port
 from scripts.programs import Program, start
+from sentiment.predict_client import PredictClient
 from tests.fixtures_model import add_version
 
 CONNECTIONS = 16  # the kernel picks a worker per connection: all 16 on one has odds of 1 in 32768
@@ -37,21 +36,9 @@ def start_workers(store: Path, log: Path, metrics_port: int = 0) -> Program:
 
 
 async def versions_served(address: str) -> list[str]:
-    """The version each of CONNECTIONS fresh connections is answered with."""
-    options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(CONNECTIONS)]
-    try:
-        replies = await asyncio.gather(
-            *(
-                predict_pb2_grpc.PredictServiceStub(ch).Predict(
-                    predict_pb2.PredictRequest(text="what a lovely day"), timeout=20
-                )
-                for ch in channels
-            )
-        )
-    finally:
-        for channel in channels:
-            await channel.close()
+    """The version each of a PredictClient's CONNECTIONS connections is answered with (one call each)."""
+    async with PredictClient(address, timeout_s=20, connections=CONNECTIONS) as client:
+        replies = await asyncio.gather(*(client.predict("what a lovely day") for _ in range(CONNECTIONS)))
     return [reply.model_version for reply in replies]
 
 

@@ -123,6 +123,15 @@ def cpu_cores(quantity: str | int) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def memory_bytes(quantity: str | int) -> int:
+    """A Kubernetes memory quantity in bytes (the binary suffixes the manifests use, or none)."""
+    text = str(quantity)
+    for suffix, power in (("Ki", 10), ("Mi", 20), ("Gi", 30)):
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) << power
+    return int(text)
+
+
 def mount_covering(pod: dict[str, Any], ctr: dict[str, Any], path: str) -> dict[str, Any] | None:
     """The volume mounted at `path` or a parent of it, if any."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}

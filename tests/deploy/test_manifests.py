@@ -21,6 +21,7 @@ from tests.deploy.helpers import (
     cpu_cores,
     find,
     kubernetes_validate,
+    memory_bytes,
     mount_covering,
     objects_of,
     pod_specs,
@@ -89,19 +90,22 @@ def test_model_svc_scales_spreads_and_sizes_tensorflow_to_its_cpu_limit(overlay:
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
     assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
-    # TF_INTRA_OP_THREADS is the CPU limit, whole CPUs, Guaranteed QoS.
+    # WORKERS and TF_INTRA_OP_THREADS are the CPU limit (one worker, one TF thread a CPU), whole CPUs,
+    # Guaranteed QoS; ~1 GiB a worker.
     limits, requests = ctr["resources"]["limits"], ctr["resources"]["requests"]
     assert cpu_cores(limits["cpu"]).is_integer() and limits == requests
-    (intra,) = [e for e in ctr["env"] if e["name"] == "TF_INTRA_OP_THREADS"]
-    if "value" in intra:
-        assert int(intra["value"]) == cpu_cores(limits["cpu"])
-    else:
-        ref = intra["valueFrom"]["resourceFieldRef"]
-        assert (ref["resource"], ref["containerName"], str(ref.get("divisor", "1"))) == (
-            "limits.cpu",
-            "model-svc",
-            "1",
-        )
+    for name in ("WORKERS", "TF_INTRA_OP_THREADS"):
+        (var,) = [e for e in ctr["env"] if e["name"] == name]
+        if "value" in var:
+            assert int(var["value"]) == cpu_cores(limits["cpu"]), name
+        else:
+            ref = var["valueFrom"]["resourceFieldRef"]
+            assert (ref["resource"], ref["containerName"], str(ref.get("divisor", "1"))) == (
+                "limits.cpu",
+                "model-svc",
+                "1",
+            ), name
+    assert memory_bytes(limits["memory"]) >= cpu_cores(limits["cpu"]) * 2**30
     config = config_data(objects, "model-svc-config")
     assert int(config["TF_INTER_OP_THREADS"]) <= cpu_cores(limits["cpu"])
     pre_stop_s = ctr["lifecycle"]["preStop"]["sleep"]["seconds"]
