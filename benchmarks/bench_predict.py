@@ -228,7 +228,7 @@ def median_rows(passes: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str,
 
 
 # model_svc configs measured with h2load, and the CPUs h2load gets beside each (predict_h2load).
-H2LOAD_CONFIGS = {"model_svc": "1", "model_svc 2 workers": "0,1", "model_svc 1 worker, 2 TF threads": "0,1"}
+H2LOAD_CONFIGS = {"model_svc": "1", "model_svc 2 workers": "0,1"}
 
 
 def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, passes: int) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, pass
                     print(
                         f"  h2load pass {index + 1} {line:22} {config:34} {row['tweets_per_s']:>8.0f}/s"
                         f"  mean {row['mean_ms']:7.2f} ms  h2load {row['load_generator_cores']:.2f} cores"
-                        f"  busiest worker {row['busiest_worker_share']:.2f}",
+                        f"  connections {row['connections']} texts {row['busiest_worker_texts']:.2f}",
                         flush=True,
                     )
     return {"rows": median_rows(runs), "passes": runs, "load_cpus": H2LOAD_CONFIGS}

@@ -7,19 +7,23 @@ gets CPU 0 with h2load on CPU 1, the server on two cores gets both with h2load b
 CPU time is measured and reported. h2load sends one body per line (the first texts of the run's tweets, the
 same each call) and sees every answer as HTTP 200, so the server's own counters are read before and after:
 a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end). The same
-counters, by worker, tell how the kernel split h2load's few connections among WORKERS (`busiest_worker_share`).
+counters, by worker, tell where the calls arrived and where their texts were computed, and the processes'
+descriptors how the kernel split h2load's few connections among WORKERS (`connections`).
 
 `var/h2load/` is installed on first use from Debian's packages (`scripts/install_h2load.sh`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import struct
 import subprocess
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,9 @@ LINES = [
     ("Predict c=64", "Predict", 0, 8, 8),
     ("PredictBatch 64 c=4", "PredictBatch", 64, 4, 1),
     ("PredictBatch 256 c=4", "PredictBatch", 256, 4, 1),
+    # Every caller on one connection, so on one worker: why a client opens several a pod (PREDICT_CONNECTIONS).
+    ("PredictBatch 64 c=4, 1 connection", "PredictBatch", 64, 1, 4),
+    ("PredictBatch 256 c=4, 1 connection", "PredictBatch", 256, 1, 4),
 ]
 WARM_S = 2
 ALLOWED = {"OK", "CANCELLED"}  # CANCELLED: the calls in flight when h2load stops
@@ -55,7 +62,7 @@ def write_bodies(texts: list[str], folder: Path) -> dict[str, Path]:
             if batch
             else predict_pb2.PredictRequest(text=texts[0])
         ).SerializeToString()
-        path = folder / f"{line.replace(' ', '_').replace('=', '')}.grpc"
+        path = folder / f"{re.sub(r'[^A-Za-z0-9]+', '_', line)}.grpc"
         path.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
         bodies[line] = path
     return bodies
@@ -72,16 +79,59 @@ def grpc_calls(metrics_port: int) -> Counter[tuple[str, str]]:
     return calls
 
 
-def _h2load(port: int, rpc: str, body: Path, conns: int, streams: int, seconds: float, cpus: str) -> str:
+def computed_texts(metrics_port: int) -> Counter[str]:
+    """Texts the model scored so far, by worker ("-" for a server of one process)."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    texts: Counter[str] = Counter()
+    for labels, value in re.findall(r"^model_svc_texts_total(?:\{([^}]*)\})? (\S+)$", page, re.MULTILINE):
+        worker = re.search(r'worker="([^"]+)"', labels or "")
+        texts[worker.group(1) if worker else "-"] += int(float(value))
+    return texts
+
+
+def _h2load(
+    port: int,
+    rpc: str,
+    body: Path,
+    conns: int,
+    streams: int,
+    seconds: float,
+    cpus: str,
+    pids: Sequence[int] = (),
+) -> tuple[str, list[int]]:
+    """h2load's report, and how many of its connections each of `pids` held a second into the run."""
     command = [
         "taskset", "-c", cpus, str(H2LOAD), "-D", str(max(1, round(seconds))), "-c", str(conns), "-m", str(streams),
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"http://127.0.0.1:{port}/sentiment.v1.PredictService/{rpc}",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"h2load exited {done.returncode}: {done.stdout[-800:]} {done.stderr[-800:]}")
-    return done.stdout
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        split = []
+        if pids:
+            time.sleep(min(1.0, seconds / 2))
+            split = connections_held(port, pids)
+        out, err = run.communicate(timeout=seconds + 60)
+    if run.returncode != 0:
+        raise RuntimeError(f"h2load exited {run.returncode}: {out[-800:]} {err[-800:]}")
+    return out, split
+
+
+def connections_held(port: int, pids: Sequence[int]) -> list[int]:
+    """Established TCP connections to `port` held by each process of `pids` (the kernel's split)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")
+    held = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:  # gone, or a descriptor closed while listed
+            links = []
+        held.append(sum(link in inodes for link in links))
+    return held
 
 
 def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -> dict[str, Any]:
@@ -90,10 +140,12 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
     port = peer.program.port
     _h2load(port, rpc, body, conns, streams, WARM_S, load_cpus)
     before = grpc_calls(peer.metrics_port)
+    texts_before = computed_texts(peer.metrics_port)
     used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = _h2load(port, rpc, body, conns, streams, seconds, load_cpus)
+    out, split = _h2load(port, rpc, body, conns, streams, seconds, load_cpus, peer.pids())
     used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     calls = grpc_calls(peer.metrics_port) - before
+    texts = computed_texts(peer.metrics_port) - texts_before
     codes: Counter[str] = Counter()
     by_worker: Counter[str] = Counter()
     for (worker, code), n in calls.items():
@@ -115,8 +167,11 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
         "tweets_per_s": round(calls_per_s * max(1, batch), 1),
         "mean_ms": _ms(mean.group(1)),
         "ok_calls": codes["OK"],
-        # The kernel gives each of h2load's connections to one worker: 0.5 is an even split of two.
-        "busiest_worker_share": round(max(by_worker.values()) / max(1, codes["OK"]), 3),
+        # The kernel gives each of h2load's connections to one worker (the supervisor holds none), and a
+        # worker computes what its connections bring.
+        "connections": sorted((n for n in split if n), reverse=True),
+        "busiest_worker_calls": round(max(by_worker.values()) / max(1, codes["OK"]), 3),
+        "busiest_worker_texts": round(max(texts.values(), default=0) / max(1, sum(texts.values())), 3),
         "load_generator_cores": round(cpu_s / float(finished.group(1)), 3),
     }
 
