@@ -1,11 +1,12 @@
 """Async Predict client for internal callers (stream_svc, benchmarks, tests); it speaks gRPC so they need not.
 
 `connections` channels, each `round_robin` over every address a `dns:///` target resolves to (a headless
-Service gives one per pod), so each pod gets that many connections and calls take the channels in turn: a
+Service gives one per pod), so each pod gets that many connections, and calls take the channels in turn: a
 pod running WORKERS server processes hands each connection to one of them (the kernel picks), so a client
-needs several connections to a pod to reach all its workers. Then a deadline on each call, and retries with exponential backoff and full jitter on UNAVAILABLE,
-DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED. A call that still fails raises the domain error of
-`sentiment.errors` its status code stands for, the inverse of `sentiment.rpc.STATUS_FOR` (INVALID_ARGUMENT:
+needs several connections to a pod to reach all its workers. A deadline on each call, and retries with
+exponential backoff and full jitter on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (a retry takes
+the next channel). A call that still fails raises the domain error of `sentiment.errors` its status code
+stands for, the inverse of `sentiment.rpc.STATUS_FOR` (INVALID_ARGUMENT:
 `InvalidInput`, UNAVAILABLE: `ModelNotReady`, RESOURCE_EXHAUSTED: `Overloaded`, DEADLINE_EXCEEDED:
 `DeadlineExpired`, NOT_FOUND: `NotFound`, ...), or `PredictFailed` for a code no domain error stands for;
 the message names the code and the server's details (`UNAVAILABLE: model_svc is down`).
