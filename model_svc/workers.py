@@ -6,6 +6,10 @@ worker processes that each bind the same port and run the whole server (`start_s
 batcher, hot reload polling models/CURRENT, health), and holds no model itself. The kernel spreads
 connections over the workers, so any health check on the port answers from one of them.
 
+- CPUs: when this process may run on exactly WORKERS CPUs (a container given whole CPUs of its own, as the
+  manifests' Guaranteed pods with the static CPU manager are, or `taskset`), each worker is pinned to one of
+  them: its threads (gRPC's poller, the event loop, the inference thread) then share one core's caches and
+  never meet another worker's. On a wider set (CPUs shared with other pods) the scheduler places them.
 - Metrics: METRICS_PORT is served here; a scrape asks every worker for its page over its pipe and serves
   every series with a `worker` label ("0", "1", ...), plus `model_svc_workers`.
 - SIGTERM / SIGINT: forwarded to every worker, each of which drains as a lone server does (NOT_SERVING,
@@ -104,18 +108,27 @@ def supervise(config: ModelConfig) -> int:
             config, listen_addr=f"{host}:{port}", metrics_port=0, reuse_port=True, workers=1
         )
         pipes = []
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = len(cpus) == config.workers
         for index in range(config.workers):
             if stopping.is_set():
                 break
             ours, theirs = context.Pipe()
             proc = context.Process(
-                target=worker_main, args=(worker_config, index, theirs), name=f"worker-{index}"
+                target=worker_main,
+                args=(worker_config, index, theirs, cpus[index] if pinned else None),
+                name=f"worker-{index}",
             )
             proc.start()
             theirs.close()
             pipes.append(ours)
             procs.append(proc)
-        log.info("PredictService listening on port %d: %d worker processes", port, config.workers)
+        log.info(
+            "PredictService listening on port %d: %d worker processes%s",
+            port,
+            config.workers,
+            f", one on each of CPUs {cpus}" if pinned else "",
+        )
         registry = CollectorRegistry()
         registry.register(WorkerMetrics(pipes))
         live = Gauge("model_svc_workers", "Worker processes running", registry=registry)
@@ -172,11 +185,14 @@ def _wait(procs: list[Any], stopping: threading.Event, grace_s: float) -> int:
     return 1 if failed or any(codes) else 0
 
 
-def worker_main(config: ModelConfig, index: int, pipe: Connection) -> None:
-    """One worker process: a whole server on the shared port until SIGTERM (or its supervisor is gone)."""
+def worker_main(config: ModelConfig, index: int, pipe: Connection, cpu: int | None = None) -> None:
+    """One worker process: a whole server on the shared port until SIGTERM (or its supervisor is gone),
+    on `cpu` alone when one is given."""
     from model_svc.__main__ import SWITCH_INTERVAL_S
 
     os.setpgrp()  # out of the terminal's process group: a Ctrl-C reaches the supervisor, which forwards it
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     setup_logging(config.log_level)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(_serve(config, index, pipe))

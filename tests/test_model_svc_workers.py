@@ -35,6 +35,11 @@ def start_workers(store: Path, log: Path, metrics_port: int = 0) -> Program:
     return start("model_svc", env, log, port=0)
 
 
+def worker_pids(program: Program) -> list[int]:
+    children = Path(f"/proc/{program.pid}/task/{program.pid}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
 async def versions_served(address: str) -> list[str]:
     """The version each of a PredictClient's CONNECTIONS connections is answered with (one call each)."""
     async with PredictClient(address, timeout_s=20, connections=CONNECTIONS) as client:
@@ -70,6 +75,13 @@ async def test_two_workers_share_the_port_each_reloads_and_both_drain(
         assert all(v > 0 for v in served.values()), "both workers answered on the one port"
         assert dict(metrics["model_svc_model_info,version=v1"]) == {"0": 1.0, "1": 1.0}
         assert metrics["model_svc_workers"]["-"] == 2.0
+        # On exactly as many CPUs as workers, one worker a CPU; on more, the scheduler places them.
+        cpus = os.sched_getaffinity(0)
+        placed = [os.sched_getaffinity(pid) for pid in worker_pids(program)]
+        if len(cpus) == 2:
+            assert sorted(placed, key=min) == [{c} for c in sorted(cpus)], placed
+        else:
+            assert placed == [cpus, cpus], placed
 
         add_version(model_store, tiny_bundle_dir, "v2")  # each worker polls CURRENT on its own
         for _ in range(300):
@@ -94,9 +106,8 @@ async def test_a_worker_that_dies_stops_the_program_with_exit_1(model_store: Pat
     program = start_workers(model_store, tmp_path / "model_svc.log")
     try:
         await program.wait_serving("sentiment.v1.PredictService", timeout_s=180)
-        children = Path(f"/proc/{program.pid}/task/{program.pid}/children").read_text().split()
-        workers = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert len(workers) == 2, children
+        workers = worker_pids(program)
+        assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGKILL)
         code = await asyncio.to_thread(program.wait, 60)
     finally:
