@@ -7,8 +7,8 @@ gets CPU 0 with h2load on CPU 1, the server on two cores gets both with h2load b
 CPU time is measured and reported. h2load sends one body per line (the first texts of the run's tweets, the
 same each call) and sees every answer as HTTP 200, so the server's own counters are read before and after:
 a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end). The same
-counters, by worker, tell where the calls arrived and where their texts were computed, and the processes'
-descriptors how the kernel split h2load's few connections among WORKERS (`connections`).
+counters, by worker, tell where the texts were computed, and the processes' descriptors how the kernel
+split h2load's few connections among WORKERS (`connections`).
 
 `var/h2load/` is installed on first use from Debian's packages (`scripts/install_h2load.sh`).
 """
@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import ROOT
 from protos import predict_pb2
@@ -68,25 +70,19 @@ def write_bodies(texts: list[str], folder: Path) -> dict[str, Path]:
     return bodies
 
 
-def grpc_calls(metrics_port: int) -> Counter[tuple[str, str]]:
-    """The server's calls so far by (worker, status code); worker "-" for a server of one process."""
+def server_counts(metrics_port: int) -> tuple[Counter[str], Counter[str]]:
+    """From one scrape: the server's calls so far by status code, and the texts its model scored by worker
+    ("-" for a server of one process)."""
     page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    calls: Counter[tuple[str, str]] = Counter()
-    for labels, value in re.findall(r"^model_svc_requests_total\{([^}]*)\} (\S+)$", page, re.MULTILINE):
-        code = re.search(r'code="([^"]+)"', labels)
-        worker = re.search(r'worker="([^"]+)"', labels)
-        calls[(worker.group(1) if worker else "-", code.group(1) if code else "?")] += int(float(value))
-    return calls
-
-
-def computed_texts(metrics_port: int) -> Counter[str]:
-    """Texts the model scored so far, by worker ("-" for a server of one process)."""
-    page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    codes: Counter[str] = Counter()
     texts: Counter[str] = Counter()
-    for labels, value in re.findall(r"^model_svc_texts_total(?:\{([^}]*)\})? (\S+)$", page, re.MULTILINE):
-        worker = re.search(r'worker="([^"]+)"', labels or "")
-        texts[worker.group(1) if worker else "-"] += int(float(value))
-    return texts
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == "model_svc_requests_total":
+                codes[sample.labels["code"]] += int(sample.value)
+            elif sample.name == "model_svc_texts_total":
+                texts[sample.labels.get("worker", "-")] += int(sample.value)
+    return codes, texts
 
 
 def _h2load(
@@ -139,18 +135,12 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
     _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
     port = peer.program.port
     _h2load(port, rpc, body, conns, streams, WARM_S, load_cpus)
-    before = grpc_calls(peer.metrics_port)
-    texts_before = computed_texts(peer.metrics_port)
+    codes_before, texts_before = server_counts(peer.metrics_port)
     used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out, split = _h2load(port, rpc, body, conns, streams, seconds, load_cpus, peer.pids())
     used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    calls = grpc_calls(peer.metrics_port) - before
-    texts = computed_texts(peer.metrics_port) - texts_before
-    codes: Counter[str] = Counter()
-    by_worker: Counter[str] = Counter()
-    for (worker, code), n in calls.items():
-        codes[code] += n
-        by_worker[worker] += n if code == "OK" else 0
+    codes_after, texts_after = server_counts(peer.metrics_port)
+    codes, texts = codes_after - codes_before, texts_after - texts_before
     finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
@@ -170,7 +160,6 @@ def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -
         # The kernel gives each of h2load's connections to one worker (the supervisor holds none), and a
         # worker computes what its connections bring.
         "connections": sorted((n for n in split if n), reverse=True),
-        "busiest_worker_calls": round(max(by_worker.values()) / max(1, codes["OK"]), 3),
         "busiest_worker_texts": round(max(texts.values(), default=0) / max(1, sum(texts.values())), 3),
         "load_generator_cores": round(cpu_s / float(finished.group(1)), 3),
     }

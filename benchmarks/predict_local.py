@@ -78,19 +78,14 @@ def inference_rows(texts: list[str], seconds: float, lines: list[tuple[int, int]
     are named like the gRPC lines, "in-process Inference, PredictBatch <batch> c=<callers>"."""
     from model_svc.__main__ import SWITCH_INTERVAL_S
     from model_svc.config import ModelConfig
-    from model_svc.inference import Inference
+    from model_svc.metrics import ModelMetrics
+    from model_svc.server import build_inference
 
     defaults = ModelConfig(store_uri="unused")
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # as model_svc runs
 
     async def line(batch: int, callers: int) -> dict[str, Any]:
-        inference = Inference(
-            defaults.max_text_chars,
-            defaults.predict_batch_max_texts,
-            defaults.inference_batch_max_texts,
-            defaults.inference_batch_max_wait_s,
-            defaults.queue_max_texts,
-        )
+        inference = build_inference(defaults, ModelMetrics())
         inference.swap(_model)
         latencies: list[float] = []
         done = 0

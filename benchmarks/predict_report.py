@@ -119,41 +119,37 @@ def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def h2load_scaling_ratios(result: dict[str, Any]) -> dict[str, float]:
-    """`WORKERS=2` on two cores over one worker on one core, per line sent by h2load (median of the
-    per-pass ratios)."""
+def _h2load_passes(result: dict[str, Any]) -> dict[str, list[tuple[float, list[int]]]]:
+    """Per line sent by h2load: (`WORKERS=2` on two cores / one worker on one core, the kernel's split of
+    the connections) in each pass; empty when the h2load lines did not run."""
     scaling = result.get("scaling_h2load")
     if not scaling:
         return {}
-    lines = scaling["rows"][SVC]
     return {
-        line: round(
-            statistics.median(
-                p[SVC_2W][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"] for p in scaling["passes"]
-            ),
-            3,
-        )
-        for line in lines
+        line: [
+            (p[SVC_2W][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"], p[SVC_2W][line]["connections"])
+            for p in scaling["passes"]
+        ]
+        for line in scaling["rows"][SVC]
+    }
+
+
+def h2load_scaling_ratios(result: dict[str, Any]) -> dict[str, float]:
+    """The median of the per-pass ratios, per line sent by h2load."""
+    return {
+        line: round(statistics.median(ratio for ratio, _ in runs), 3)
+        for line, runs in _h2load_passes(result).items()
     }
 
 
 def h2load_even_split_ratios(result: dict[str, Any]) -> dict[str, tuple[float, int, int]]:
-    """Per line of several connections: the median `WORKERS=2` / 1 core ratio over the passes where the
-    kernel split h2load's connections evenly between the two workers, with how many passes did (of how many)."""
-    scaling = result.get("scaling_h2load")
-    if not scaling:
-        return {}
+    """Per line of several connections: the median ratio over the passes where the kernel split h2load's
+    connections evenly between the two workers, with how many passes did (of how many)."""
     out = {}
-    for line in scaling["rows"][SVC]:
-        passes = scaling["passes"]
-        even = [
-            p[SVC_2W][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"]
-            for p in passes
-            if len(p[SVC_2W][line].get("connections", [])) == 2
-            and len(set(p[SVC_2W][line]["connections"])) == 1
-        ]
+    for line, runs in _h2load_passes(result).items():
+        even = [ratio for ratio, split in runs if len(split) == 2 and split[0] == split[1]]
         if even:
-            out[line] = (round(statistics.median(even), 3), len(even), len(passes))
+            out[line] = (round(statistics.median(even), 3), len(even), len(runs))
     return out
 
 
@@ -182,8 +178,7 @@ def _print_h2load(result: dict[str, Any]) -> None:
     for line in rows[SVC]:
         runs = [p[SVC_2W][line] for p in scaling["passes"]]
         text = ", ".join(
-            f"{'+'.join(map(str, r.get('connections', []))) or '?'}: {r.get('busiest_worker_texts', 0):.2f}"
-            for r in runs
+            f"{'+'.join(map(str, r['connections'])) or '?'}: {r['busiest_worker_texts']:.2f}" for r in runs
         )
         ratio = even.get(line)
         tail = f"; passes split evenly ({ratio[1]} of {ratio[2]}): {ratio[0]:.2f}x 1 core" if ratio else ""

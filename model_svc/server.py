@@ -66,7 +66,7 @@ async def start_server(config: ModelConfig) -> ModelServer:
         )
         endpoint = MetricsEndpoint(metrics.registry, config.metrics_port)
         stack.callback(endpoint.close)
-        inference = _inference(config, metrics)
+        inference = build_inference(config, metrics)
         stack.push_async_callback(inference.batcher.aclose, drain=True)
         server = grpc.aio.server(
             options=rpc.server_options(config.max_message_bytes, reuse_port=config.reuse_port),
@@ -116,7 +116,8 @@ async def start_server(config: ModelConfig) -> ModelServer:
     raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
 
-def _inference(config: ModelConfig, metrics: ModelMetrics) -> Inference:
+def build_inference(config: ModelConfig, metrics: ModelMetrics) -> Inference:
+    """The serving path without gRPC, as `config` sets it (the benchmark runs it in process too)."""
     return Inference(
         max_text_chars=config.max_text_chars,
         predict_batch_max_texts=config.predict_batch_max_texts,

@@ -90,17 +90,13 @@ class PredictClient:
             # Channels with the same arguments would share one connection a pod (the global pool).
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        credentials = (
-            grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            if root_certificates is not None
-            else None
-        )
-        self._channels = [
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options)
-            for _ in range(connections)
-        ]
+        if root_certificates is None:
+            self._channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channels = [
+                grpc.aio.secure_channel(target, credentials, options=options) for _ in range(connections)
+            ]
         self._stubs = itertools.cycle([predict_pb2_grpc.PredictServiceStub(ch) for ch in self._channels])
         self.timeout_s = timeout_s
         self.retry = retry

@@ -35,16 +35,16 @@ MAX_SEGMENT_BYTES = 1 << 30
 
 async def shipped_dead_letters(s3: Any, uri: str) -> AsyncIterator[tuple[str, str]]:
     """(key, text) of every object under `uri` (s3://bucket/key-or-prefix), in key order, through the
-    aioboto3 S3 client `s3`; an object larger than MAX_SEGMENT_BYTES raises TooLarge before it is read."""
+    aioboto3 S3 client `s3`; an object listed larger than MAX_SEGMENT_BYTES raises TooLarge, unread."""
     bucket, prefix = split_s3_uri(uri)
-    keys: list[str] = []
+    sizes: dict[str, int] = {}
     async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    for key in sorted(keys):
+        sizes.update((obj["Key"], int(obj["Size"])) for obj in page.get("Contents", []))
+    for key in sorted(sizes):
+        if sizes[key] > MAX_SEGMENT_BYTES:
+            raise TooLarge(f"s3://{bucket}/{key} is larger than {MAX_SEGMENT_BYTES:,} bytes")
         answer = await s3.get_object(Bucket=bucket, Key=key)
         async with answer["Body"] as body:
-            if int(answer.get("ContentLength") or 0) > MAX_SEGMENT_BYTES:
-                raise TooLarge(f"s3://{bucket}/{key} is larger than {MAX_SEGMENT_BYTES:,} bytes")
             yield key, (await body.read()).decode("utf-8")
 
 

@@ -12,16 +12,19 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import boto3
+import pytest
 
 from scripts.local_aws import free_port
+from sentiment.errors import TooLarge
 from sentiment.store import S3Store
 from sentiment.synthetic import write_jsonl
 from stream_svc.deadletter import DeadLetterFile, parse_dead_letter, read_dead_letters
 from stream_svc.pipeline import Pipeline
 from stream_svc.redrive import DeadLetterSource
 from stream_svc.replay import ReplaySource
-from stream_svc.shipper import DeadLetterShipper
+from stream_svc.shipper import DeadLetterShipper, shipped_dead_letters
 from stream_svc.sink import DynamoSink
 from stream_svc.tweets import Malformed, Tweet
 from tests.fixtures_stream import (
@@ -145,6 +148,21 @@ async def test_a_spool_left_by_an_earlier_process_is_shipped_at_start(bucket: st
     (key,) = shipper.shipped
     body = boto3.client("s3").get_object(Bucket=bucket, Key=f"dl/{key}")["Body"].read().decode()
     assert json.loads(body)["id"] == "7" and not list(tmp_path.iterdir())
+
+
+async def test_a_shipped_dead_letter_object_too_large_to_read_back_is_refused(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="big/a.jsonl", Body=b'{"id": "1"}\n')
+    s3.put_object(Bucket=bucket, Key="big/b.jsonl", Body=b"x" * 200)
+    monkeypatch.setattr("stream_svc.shipper.MAX_SEGMENT_BYTES", 100)
+    read: list[str] = []
+    async with aioboto3.Session().client("s3") as client:
+        with pytest.raises(TooLarge, match=f"s3://{bucket}/big/b.jsonl is larger than 100 bytes"):
+            async for key, _ in shipped_dead_letters(client, f"s3://{bucket}/big"):
+                read.append(key)
+    assert read == ["big/a.jsonl"], "what came before it was read"
 
 
 async def test_sigterm_ships_the_unfinished_to_s3_before_exit_and_redrive_reads_them_back(
