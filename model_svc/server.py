@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,12 @@ class ModelServer:
         await self.lifecycle.stop(grace_s)
 
 
-async def start_server(config: ModelConfig) -> ModelServer:
+async def start_server(
+    config: ModelConfig, loaded_together: Callable[[], Awaitable[None]] | None = None
+) -> ModelServer:
     """Listen at once (health NOT_SERVING), then load the CURRENT model if there is one (SERVING) and
     keep polling `models/CURRENT` every RELOAD_INTERVAL_S. A worker process (`reuse_port`) loads first,
-    then listens.
+    then awaits `loaded_together` (until every worker's first load is over), then listens.
 
     Returns when the first load attempt is over, whatever its outcome: with no model (none promoted,
     or a bad bundle) Predict answers UNAVAILABLE until a good one appears. Every resource is entered on
@@ -96,8 +99,11 @@ async def start_server(config: ModelConfig) -> ModelServer:
         if config.reuse_port:
             # One of WORKERS sharing the port: it joins the kernel's accept group only once its first load
             # is over, or the kernel would hand it connections that get "no model loaded" while the
-            # workers that are ready (and answer the readiness probe) serve.
+            # workers that are ready (and answer the readiness probe) serve. And not before the others: the
+            # first ready would take every connection opened meanwhile, and keep them (gRPC's are long-lived).
             await reloader.check()
+            if loaded_together is not None:
+                await loaded_together()
         port = rpc.bind(server, config.listen_addr, config.tls_cert_path, config.tls_key_path)
         await server.start()
         endpoint.start()

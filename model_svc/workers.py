@@ -6,6 +6,8 @@ worker processes that each bind the same port and run the whole server (`start_s
 batcher, hot reload polling models/CURRENT, health), and holds no model itself. The kernel spreads
 connections over the workers, so any health check on the port answers from one of them.
 
+- Start: every worker loads its first model, then all join the port together, so that none is handed
+  the connections opened while another still loads (they would stay on it).
 - CPUs: when this process may run on exactly WORKERS CPUs (a container given whole CPUs of its own, as the
   manifests' Guaranteed pods with the static CPU manager are, or `taskset`), each worker is pinned to one of
   them: its threads (gRPC's poller, the event loop, the inference thread) then share one core's caches and
@@ -110,13 +112,14 @@ def supervise(config: ModelConfig) -> int:
         pipes = []
         cpus = sorted(os.sched_getaffinity(0))
         pinned = len(cpus) == config.workers
+        loaded = context.Barrier(config.workers)  # every worker's first load over: all join the port
         for index in range(config.workers):
             if stopping.is_set():
                 break
             ours, theirs = context.Pipe()
             proc = context.Process(
                 target=worker_main,
-                args=(worker_config, index, theirs, cpus[index] if pinned else None),
+                args=(worker_config, index, theirs, loaded, cpus[index] if pinned else None),
                 name=f"worker-{index}",
             )
             proc.start()
@@ -185,7 +188,9 @@ def _wait(procs: list[Any], stopping: threading.Event, grace_s: float) -> int:
     return 1 if failed or any(codes) else 0
 
 
-def worker_main(config: ModelConfig, index: int, pipe: Connection, cpu: int | None = None) -> None:
+def worker_main(
+    config: ModelConfig, index: int, pipe: Connection, loaded: Any, cpu: int | None = None
+) -> None:
     """One worker process: a whole server on the shared port until SIGTERM (or its supervisor is gone),
     on `cpu` alone when one is given."""
     from model_svc.__main__ import SWITCH_INTERVAL_S
@@ -195,10 +200,10 @@ def worker_main(config: ModelConfig, index: int, pipe: Connection, cpu: int | No
         os.sched_setaffinity(0, {cpu})
     setup_logging(config.log_level)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    asyncio.run(_serve(config, index, pipe))
+    asyncio.run(_serve(config, index, pipe, loaded))
 
 
-async def _serve(config: ModelConfig, index: int, pipe: Connection) -> None:
+async def _serve(config: ModelConfig, index: int, pipe: Connection, loaded: Any) -> None:
     from prometheus_client import generate_latest
 
     from model_svc.server import ModelServer, start_server
@@ -218,9 +223,17 @@ async def _serve(config: ModelConfig, index: int, pipe: Connection) -> None:
     server: ModelServer | None = None
     loop.add_reader(pipe.fileno(), answer)
 
+    async def loaded_together() -> None:
+        """Until every worker's first load is over (each is bounded by LOAD_TIMEOUT_S); past that, or when a
+        worker died first, this one joins the port alone."""
+        try:
+            await asyncio.to_thread(loaded.wait, config.load_timeout_s + STOP_MARGIN_S)
+        except threading.BrokenBarrierError:
+            log.warning("worker %d: the other workers did not finish loading; serving without them", index)
+
     async def start() -> ModelServer:
         nonlocal server
-        server = await start_server(config)
+        server = await start_server(config, loaded_together)
         return server
 
     await serve_until_signal(start, config.grace_s)
