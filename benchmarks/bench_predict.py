@@ -12,7 +12,9 @@ interleaved (the servers' order rotates), and each figure is the median of the p
 In-process lines run in a process of their own on CPU 0. At the end every server's scores for the same
 texts are compared with the in-process ones, and the scaling lines are sent again to the model_svc configs
 by h2load (`predict_h2load`: a C load generator that needs a few percent of a core, so a server on two
-cores keeps them). Writes benchmarks/results/predict.json.
+cores keeps them), and to two one-core servers side by side (CPU 0 and CPU 1, half the connections each):
+what this machine gives two cores when each process gets exactly half the callers. Writes
+benchmarks/results/predict.json.
 
 `python -m benchmarks.bench_predict [--bundle DIR] [--duration 4] [--passes 3] [--h2load-passes 5]`
 (= `make bench-predict`)
@@ -86,6 +88,8 @@ def configs(store: Path, bundle: Path) -> list[Config]:
         Config(
             "MLServer adaptive 10ms", mls("MLServer a10", ONE, ADAPTIVE_10MS, 1), 1, OTHER, everything, True
         ),
+        # Only for h2load's pair of one-core servers (PAIR): no line of its own.
+        Config("model_svc, CPU 1", svc("model_svc cpu1", OTHER, ONE_CORE_ENV), 1, ONE, []),
         Config(
             "model_svc 2 workers",
             svc("model_svc w2", BOTH, {**ONE_CORE_ENV, "WORKERS": "2"}),
@@ -227,21 +231,32 @@ def median_rows(passes: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str,
     return out
 
 
-# model_svc configs measured with h2load, and the CPUs h2load gets beside each (predict_h2load).
-H2LOAD_CONFIGS = {"model_svc": "1", "model_svc 2 workers": "0,1"}
+# What h2load measures: a config's servers (the line shared evenly among them) and the CPUs h2load gets.
+# Two one-core servers side by side (PAIR) are what two one-core pods serve: what this machine gives two
+# cores when each process gets exactly half the callers.
+PAIR = predict_report.PAIR
+H2LOAD_CONFIGS = {
+    "model_svc": (["model_svc"], "1"),
+    "model_svc 2 workers": (["model_svc 2 workers"], "0,1"),
+    PAIR: (["model_svc", "model_svc, CPU 1"], "0,1"),
+}
 
 
 def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, passes: int) -> dict[str, Any]:
-    """The scaling lines sent by h2load to the model_svc configs, interleaved in `passes` passes."""
+    """The scaling lines sent by h2load to the model_svc configs, interleaved in `passes` passes (the pair
+    of one-core servers only on the lines of several connections)."""
     predict_h2load.ensure_h2load()
     runs: list[dict[str, dict[str, dict[str, Any]]]] = []
     with tempfile.TemporaryDirectory() as folder:
         bodies = predict_h2load.write_bodies(texts, Path(folder))
         for index in range(passes):
             runs.append({config: {} for config in H2LOAD_CONFIGS})
-            for line, *_ in predict_h2load.LINES:
-                for config, cpus in H2LOAD_CONFIGS.items():
-                    row = predict_h2load.line_row(peers[config], line, bodies[line], seconds, cpus)
+            for line, _, _, conns, _ in predict_h2load.LINES:
+                for config, (names, cpus) in H2LOAD_CONFIGS.items():
+                    if len(names) > conns:
+                        continue
+                    servers = [peers[name] for name in names]
+                    row = predict_h2load.line_row(servers, line, bodies[line], seconds, cpus)
                     runs[-1][config][line] = row
                     print(
                         f"  h2load pass {index + 1} {line:22} {config:34} {row['tweets_per_s']:>8.0f}/s"
@@ -249,7 +264,11 @@ def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, pass
                         f"  connections {row['connections']} texts {row['busiest_worker_texts']:.2f}",
                         flush=True,
                     )
-    return {"rows": median_rows(runs), "passes": runs, "load_cpus": H2LOAD_CONFIGS}
+    return {
+        "rows": median_rows(runs),
+        "passes": runs,
+        "load_cpus": {c: cpus for c, (_, cpus) in H2LOAD_CONFIGS.items()},
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,6 +351,7 @@ def main() -> None:
     result["goals"] = predict_report.goals(result)
     result["vs_no_grpc"] = predict_report.vs_no_grpc(result)
     result["h2load_even_split"] = predict_report.h2load_even_split_ratios(result)
+    result["h2load_pair"] = predict_report.h2load_pair_ratios(result)
     result["total_s"] = round(time.monotonic() - started, 1)
     write_results(RESULTS, result)
     predict_report.print_report(result)

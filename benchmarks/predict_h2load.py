@@ -8,7 +8,8 @@ CPU time is measured and reported. h2load sends one body per line (the first tex
 same each call) and sees every answer as HTTP 200, so the server's own counters are read before and after:
 a line counts only if every call it made was OK (or CANCELLED by h2load stopping at the end). The same
 counters, by worker, tell where the texts were computed, and the processes' descriptors how the kernel
-split h2load's few connections among WORKERS (`connections`).
+split h2load's few connections among WORKERS (`connections`). A line can also go to two one-core servers
+at once, one h2load each with half the connections: what two one-core pods serve, no kernel split deciding.
 
 `var/h2load/` is installed on first use from Debian's packages (`scripts/install_h2load.sh`).
 """
@@ -85,31 +86,54 @@ def server_counts(metrics_port: int) -> tuple[Counter[str], Counter[str]]:
     return codes, texts
 
 
+def _command(
+    port: int, rpc: str, body: Path, conns: int, streams: int, seconds: float, cpus: str
+) -> list[str]:
+    return [
+        "taskset", "-c", cpus, str(H2LOAD), "-D", str(max(1, round(seconds))), "-c", str(conns), "-m", str(streams),
+        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"http://127.0.0.1:{port}/sentiment.v1.PredictService/{rpc}",
+    ]  # fmt: skip
+
+
 def _h2load(
-    port: int,
+    peers: Sequence[Any],
     rpc: str,
     body: Path,
     conns: int,
     streams: int,
     seconds: float,
     cpus: str,
-    pids: Sequence[int] = (),
-) -> tuple[str, list[int]]:
-    """h2load's report, and how many of its connections each of `pids` held a second into the run."""
-    command = [
-        "taskset", "-c", cpus, str(H2LOAD), "-D", str(max(1, round(seconds))), "-c", str(conns), "-m", str(streams),
-        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"http://127.0.0.1:{port}/sentiment.v1.PredictService/{rpc}",
-    ]  # fmt: skip
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        split = []
-        if pids:
+    split: bool,
+) -> tuple[list[str], list[list[int]]]:
+    """One h2load a peer, all at once: their reports, and (with `split`) how many of its connections each
+    process of each peer held a second into the run."""
+    runs = [
+        subprocess.Popen(
+            _command(peer.program.port, rpc, body, conns, streams, seconds, cpus),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for peer in peers
+    ]
+    held = []
+    try:
+        if split:
             time.sleep(min(1.0, seconds / 2))
-            split = connections_held(port, pids)
-        out, err = run.communicate(timeout=seconds + 60)
-    if run.returncode != 0:
-        raise RuntimeError(f"h2load exited {run.returncode}: {out[-800:]} {err[-800:]}")
-    return out, split
+            held = [connections_held(peer.program.port, peer.pids()) for peer in peers]
+        outs = []
+        for run in runs:
+            out, err = run.communicate(timeout=seconds + 60)
+            if run.returncode != 0:
+                raise RuntimeError(f"h2load exited {run.returncode}: {out[-800:]} {err[-800:]}")
+            outs.append(out)
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    return outs, held
 
 
 def connections_held(port: int, pids: Sequence[int]) -> list[int]:
@@ -130,38 +154,53 @@ def connections_held(port: int, pids: Sequence[int]) -> list[int]:
     return held
 
 
-def line_row(peer: Any, line: str, body: Path, seconds: float, load_cpus: str) -> dict[str, Any]:
-    """One line against `peer` (a ModelSvcPeer): calls and texts a second, mean latency, h2load's CPU."""
-    _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
-    port = peer.program.port
-    _h2load(port, rpc, body, conns, streams, WARM_S, load_cpus)
-    codes_before, texts_before = server_counts(peer.metrics_port)
-    used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out, split = _h2load(port, rpc, body, conns, streams, seconds, load_cpus, peer.pids())
-    used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    codes_after, texts_after = server_counts(peer.metrics_port)
-    codes, texts = codes_after - codes_before, texts_after - texts_before
+def _figures(out: str) -> tuple[float, float, float]:
+    """(seconds, calls a second, mean ms) from h2load's report."""
     finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
-    if not (finished and done and mean):
+    if not (finished and mean):
         raise RuntimeError(f"h2load printed no figures:\n{out}")
-    bad = {code: n for code, n in codes.items() if code not in ALLOWED}
-    if bad:
-        raise RuntimeError(f"{peer.name} {line}: calls that were not OK: {bad}")
-    calls_per_s = float(finished.group(2))
+    return float(finished.group(1)), float(finished.group(2)), _ms(mean.group(1))
+
+
+def line_row(peers: Sequence[Any], line: str, body: Path, seconds: float, load_cpus: str) -> dict[str, Any]:
+    """One line against `peers` (ModelSvcPeers) at once, the line's connections (or, for a line of one
+    connection, its streams) shared evenly among them: calls and texts a second (summed), mean latency,
+    h2load's CPU. One peer gets the whole line; two one-core peers side by side are what two one-core pods
+    serve, each its own share of the callers: no kernel split decides it."""
+    _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
+    if conns > 1:
+        conns //= len(peers)
+    else:
+        streams //= len(peers)
+    _h2load(peers, rpc, body, conns, streams, WARM_S, load_cpus, split=False)
+    before = [server_counts(peer.metrics_port) for peer in peers]
+    used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    outs, held = _h2load(peers, rpc, body, conns, streams, seconds, load_cpus, split=True)
+    used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = [server_counts(peer.metrics_port) for peer in peers]
+    texts: list[int] = []
+    for peer, (codes_before, texts_before), (codes_after, texts_after) in zip(
+        peers, before, after, strict=True
+    ):
+        bad = {code: n for code, n in (codes_after - codes_before).items() if code not in ALLOWED}
+        if bad:
+            raise RuntimeError(f"{peer.name} {line}: calls that were not OK: {bad}")
+        texts += (texts_after - texts_before).values()
+    figures = [_figures(out) for out in outs]
+    calls_per_s = sum(rate for _, rate, _ in figures)
+    elapsed = max(took for took, _, _ in figures)
     cpu_s = (used_after.ru_utime + used_after.ru_stime) - (used_before.ru_utime + used_before.ru_stime)
     return {
         "name": line,
         "calls_per_s": calls_per_s,
         "tweets_per_s": round(calls_per_s * max(1, batch), 1),
-        "mean_ms": _ms(mean.group(1)),
-        "ok_calls": codes["OK"],
+        "mean_ms": round(sum(rate * ms for _, rate, ms in figures) / max(calls_per_s, 1e-9), 3),
         # The kernel gives each of h2load's connections to one worker (the supervisor holds none), and a
         # worker computes what its connections bring.
-        "connections": sorted((n for n in split if n), reverse=True),
-        "busiest_worker_texts": round(max(texts.values(), default=0) / max(1, sum(texts.values())), 3),
-        "load_generator_cores": round(cpu_s / float(finished.group(1)), 3),
+        "connections": sorted((n for counts in held for n in counts if n), reverse=True),
+        "busiest_worker_texts": round(max(texts, default=0) / max(1, sum(texts)), 3),
+        "load_generator_cores": round(cpu_s / elapsed, 3),
     }
 
 
