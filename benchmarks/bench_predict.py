@@ -88,7 +88,7 @@ def configs(store: Path, bundle: Path) -> list[Config]:
         Config(
             "MLServer adaptive 10ms", mls("MLServer a10", ONE, ADAPTIVE_10MS, 1), 1, OTHER, everything, True
         ),
-        # Only for h2load's pair of one-core servers (PAIR): no line of its own.
+        # Only for h2load's pair of one-core servers (predict_report.PAIR): no line of its own.
         Config("model_svc, CPU 1", svc("model_svc cpu1", OTHER, ONE_CORE_ENV), 1, ONE, []),
         Config(
             "model_svc 2 workers",
@@ -232,13 +232,12 @@ def median_rows(passes: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str,
 
 
 # What h2load measures: a config's servers (the line shared evenly among them) and the CPUs h2load gets.
-# Two one-core servers side by side (PAIR) are what two one-core pods serve: what this machine gives two
-# cores when each process gets exactly half the callers.
-PAIR = predict_report.PAIR
+# Two one-core servers side by side (predict_report.PAIR) are what two one-core pods serve: what this
+# machine gives two cores when each process gets exactly half the callers.
 H2LOAD_CONFIGS = {
     "model_svc": (["model_svc"], "1"),
     "model_svc 2 workers": (["model_svc 2 workers"], "0,1"),
-    PAIR: (["model_svc", "model_svc, CPU 1"], "0,1"),
+    predict_report.PAIR: (["model_svc", "model_svc, CPU 1"], "0,1"),
 }
 
 
@@ -253,7 +252,7 @@ def h2load_scaling(peers: dict[str, Any], texts: list[str], seconds: float, pass
             runs.append({config: {} for config in H2LOAD_CONFIGS})
             for line, _, _, conns, _ in predict_h2load.LINES:
                 for config, (names, cpus) in H2LOAD_CONFIGS.items():
-                    if len(names) > conns:
+                    if conns % len(names):  # the pair skips the lines of one connection
                         continue
                     servers = [peers[name] for name in names]
                     row = predict_h2load.line_row(servers, line, bodies[line], seconds, cpus)

@@ -157,22 +157,22 @@ def connections_held(port: int, pids: Sequence[int]) -> list[int]:
 def _figures(out: str) -> tuple[float, float, float]:
     """(seconds, calls a second, mean ms) from h2load's report."""
     finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
-    if not (finished and mean):
+    if not (finished and done and mean):
         raise RuntimeError(f"h2load printed no figures:\n{out}")
     return float(finished.group(1)), float(finished.group(2)), _ms(mean.group(1))
 
 
 def line_row(peers: Sequence[Any], line: str, body: Path, seconds: float, load_cpus: str) -> dict[str, Any]:
-    """One line against `peers` (ModelSvcPeers) at once, the line's connections (or, for a line of one
-    connection, its streams) shared evenly among them: calls and texts a second (summed), mean latency,
-    h2load's CPU. One peer gets the whole line; two one-core peers side by side are what two one-core pods
-    serve, each its own share of the callers: no kernel split decides it."""
+    """One line against `peers` (ModelSvcPeers) at once, the line's connections shared evenly among them:
+    calls and texts a second (summed), mean latency, h2load's CPU. One peer gets the whole line; two
+    one-core peers side by side are what two one-core pods serve, each its own share of the callers: no
+    kernel split decides it."""
     _, rpc, batch, conns, streams = next(spec for spec in LINES if spec[0] == line)
-    if conns > 1:
-        conns //= len(peers)
-    else:
-        streams //= len(peers)
+    if conns % len(peers):
+        raise ValueError(f"{line}: {conns} connections cannot be shared evenly by {len(peers)} servers")
+    conns //= len(peers)
     _h2load(peers, rpc, body, conns, streams, WARM_S, load_cpus, split=False)
     before = [server_counts(peer.metrics_port) for peer in peers]
     used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -180,12 +180,14 @@ def line_row(peers: Sequence[Any], line: str, body: Path, seconds: float, load_c
     used_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = [server_counts(peer.metrics_port) for peer in peers]
     texts: list[int] = []
+    ok_calls = 0
     for peer, (codes_before, texts_before), (codes_after, texts_after) in zip(
         peers, before, after, strict=True
     ):
         bad = {code: n for code, n in (codes_after - codes_before).items() if code not in ALLOWED}
         if bad:
             raise RuntimeError(f"{peer.name} {line}: calls that were not OK: {bad}")
+        ok_calls += (codes_after - codes_before)["OK"]
         texts += (texts_after - texts_before).values()
     figures = [_figures(out) for out in outs]
     calls_per_s = sum(rate for _, rate, _ in figures)
@@ -196,6 +198,7 @@ def line_row(peers: Sequence[Any], line: str, body: Path, seconds: float, load_c
         "calls_per_s": calls_per_s,
         "tweets_per_s": round(calls_per_s * max(1, batch), 1),
         "mean_ms": round(sum(rate * ms for _, rate, ms in figures) / max(calls_per_s, 1e-9), 3),
+        "ok_calls": ok_calls,
         # The kernel gives each of h2load's connections to one worker (the supervisor holds none), and a
         # worker computes what its connections bring.
         "connections": sorted((n for counts in held for n in counts if n), reverse=True),

@@ -166,23 +166,12 @@ def h2load_pair_ratios(result: dict[str, Any]) -> dict[str, tuple[float, float]]
     if not scaling or PAIR not in scaling["rows"]:
         return {}
     passes = scaling["passes"]
-    return {
-        line: (
-            round(
-                statistics.median(
-                    p[PAIR][line]["tweets_per_s"] / p[SVC][line]["tweets_per_s"] for p in passes
-                ),
-                3,
-            ),
-            round(
-                statistics.median(
-                    p[SVC_2W][line]["tweets_per_s"] / p[PAIR][line]["tweets_per_s"] for p in passes
-                ),
-                3,
-            ),
-        )
-        for line in scaling["rows"][PAIR]
-    }
+
+    def ratio(line: str, top: str, bottom: str) -> float:
+        per_pass = (p[top][line]["tweets_per_s"] / p[bottom][line]["tweets_per_s"] for p in passes)
+        return round(float(statistics.median(per_pass)), 3)
+
+    return {line: (ratio(line, PAIR, SVC), ratio(line, SVC_2W, PAIR)) for line in scaling["rows"][PAIR]}
 
 
 def _print_h2load(result: dict[str, Any]) -> None:

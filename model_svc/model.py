@@ -146,7 +146,8 @@ class LoadedModel:
         self.load_s = time.monotonic() - started
 
     def warm(self) -> float:
-        """Trace the compiled function, run it at a few shapes and fit the grouping cost model to it.
+        """Trace the compiled function, run it at a few shapes, fit the grouping cost model to it and time
+        the batch function on one typical tweet (what a deadline is held to, `expected_batch_s`).
 
         Done before the model is swapped in, so no caller pays for a first call.
         """
