@@ -85,7 +85,7 @@ class ModelConfig:
     code_version: str = setting("CODE_VERSION", "the image's tag, reported by model_svc_build_info", "")
     code_revision: str = setting("CODE_REVISION", "the commit, reported by model_svc_build_info", "")
     # The kernel picks a worker per connection, so more than one pays only when clients open several
-    # connections to a pod (PredictClient opens one).
+    # connections to a pod (PredictClient: DEFAULT_CONNECTIONS, 4).
     workers: int = setting(
         "WORKERS",
         "server processes sharing LISTEN_ADDR (SO_REUSEPORT), each with its own model and batcher",

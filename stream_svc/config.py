@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sentiment.config import Environ, read_settings, setting
 from sentiment.errors import ConfigError, InvalidInput
+from sentiment.predict_client import DEFAULT_CONNECTIONS
 from sentiment.store import check_location
 from stream_svc.keys import TableLayout
 
@@ -70,7 +71,7 @@ class StreamConfig:
     predict_connections: int = setting(
         "PREDICT_CONNECTIONS",
         "connections to each model_svc pod, taken in turn (a pod's WORKERS split its connections)",
-        4,
+        DEFAULT_CONNECTIONS,
         minimum=1,
     )
     write_concurrency: int = setting("WRITE_CONCURRENCY", "BatchWriteItem requests in flight", 8, minimum=1)

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from scripts.local_aws import free_port
 from sentiment import errors
 from sentiment.predict_client import (
+    DEFAULT_CONNECTIONS,
     ERROR_FOR,
     PredictClient,
     PredictFailed,
@@ -63,6 +64,15 @@ async def test_calls_take_the_connections_in_turn(model_server: Any) -> None:
         assert established_to(model_server.port) - before == 3
     with pytest.raises(ValueError, match="connections"):
         PredictClient("127.0.0.1:1", connections=0)
+
+
+async def test_a_client_told_nothing_holds_enough_connections_for_a_pods_workers(model_server: Any) -> None:
+    """A one-connection default would leave all but one of a pod's WORKERS idle for every caller that
+    kept the default; the default opens DEFAULT_CONNECTIONS and spreads its calls over them."""
+    before = established_to(model_server.port)
+    async with PredictClient(f"127.0.0.1:{model_server.port}") as client:
+        await asyncio.gather(*(client.predict(CLEARLY_POSITIVE[1]) for _ in range(DEFAULT_CONNECTIONS)))
+        assert established_to(model_server.port) - before == DEFAULT_CONNECTIONS >= 4
 
 
 async def test_invalid_argument_is_not_retried_and_raises_invalid_input(model_server: Any) -> None:
