@@ -47,7 +47,7 @@ RETRYABLE = frozenset(
 )
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The manifests' pod runs 2 workers; 4 connections leave one idle 1 time in 8 (16: 1 in 32768), at the cost
-# of 3 idle HTTP/2 connections a pod to a one-worker server.
+# of 3 more connections than a one-worker pod needs (calls still take them in turn).
 DEFAULT_CONNECTIONS = 4
 # Reversed, so that where several errors share a code the first listed (the general one) stands for it.
 ERROR_FOR: dict[grpc.StatusCode, type[SentimentError]] = {

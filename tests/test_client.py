@@ -53,26 +53,20 @@ def established_to(port: int) -> int:
     return count
 
 
-async def test_calls_take_the_connections_in_turn(model_server: Any) -> None:
+async def test_calls_take_the_connections_in_turn_four_unless_told(model_server: Any) -> None:
     """A pod's WORKERS split its connections: a client of 3 connections holds 3 to one server, and
-    spreads its calls over them."""
-    before = established_to(model_server.port)
-    async with PredictClient(f"127.0.0.1:{model_server.port}", connections=3) as client:
-        for _ in range(2):
-            results = await asyncio.gather(*(client.predict(CLEARLY_POSITIVE[1]) for _ in range(3)))
-            assert len(set(results)) == 1
-        assert established_to(model_server.port) - before == 3
+    spreads its calls over them; a client told nothing holds DEFAULT_CONNECTIONS (one would leave all but
+    one of a pod's workers idle for every caller that kept the default)."""
+    assert DEFAULT_CONNECTIONS >= 4
+    for held, told in ((3, {"connections": 3}), (DEFAULT_CONNECTIONS, {})):
+        before = established_to(model_server.port)
+        async with PredictClient(f"127.0.0.1:{model_server.port}", **told) as client:
+            for _ in range(2):
+                results = await asyncio.gather(*(client.predict(CLEARLY_POSITIVE[1]) for _ in range(held)))
+                assert len(set(results)) == 1
+            assert established_to(model_server.port) - before == held
     with pytest.raises(ValueError, match="connections"):
         PredictClient("127.0.0.1:1", connections=0)
-
-
-async def test_a_client_told_nothing_holds_enough_connections_for_a_pods_workers(model_server: Any) -> None:
-    """A one-connection default would leave all but one of a pod's WORKERS idle for every caller that
-    kept the default; the default opens DEFAULT_CONNECTIONS and spreads its calls over them."""
-    before = established_to(model_server.port)
-    async with PredictClient(f"127.0.0.1:{model_server.port}") as client:
-        await asyncio.gather(*(client.predict(CLEARLY_POSITIVE[1]) for _ in range(DEFAULT_CONNECTIONS)))
-        assert established_to(model_server.port) - before == DEFAULT_CONNECTIONS >= 4
 
 
 async def test_invalid_argument_is_not_retried_and_raises_invalid_input(model_server: Any) -> None:
