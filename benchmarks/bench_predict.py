@@ -48,7 +48,7 @@ DATASET = ROOT.parent / "shared" / "data" / "sentiment140_sample.csv.gz"
 CACHE = ROOT / "var" / "bench" / "predict"
 RESULTS = RESULTS_DIR / "predict.json"
 ONE, OTHER, BOTH = {0}, {1}, {0, 1}
-IN_PROCESS_BATCHES = [1, 64, 128, 256, 512, 1024]
+IN_PROCESS_BATCHES = [1, 4, 16, 64, 128, 256, 512, 1024]
 # The PredictBatch lines' (texts a call, callers) run on the server's path without gRPC, in process.
 INFERENCE_LINES = [(64, 4), (256, 4)]
 SCALING_LINES = ["Predict c=64", "PredictBatch 64 c=4", "PredictBatch 256 c=4", "no-op c=64"]
@@ -349,6 +349,7 @@ def main() -> None:
     }
     result["goals"] = predict_report.goals(result)
     result["vs_no_grpc"] = predict_report.vs_no_grpc(result)
+    result["xla_vs_graph"] = predict_report.xla_vs_graph(result)
     result["h2load_even_split"] = predict_report.h2load_even_split_ratios(result)
     result["h2load_pair"] = predict_report.h2load_pair_ratios(result)
     result["total_s"] = round(time.monotonic() - started, 1)

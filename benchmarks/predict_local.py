@@ -1,8 +1,9 @@
 """bench_predict's in-process lines, in a spawned process of their own on the server's CPUs.
 
-`init` loads the bundle once (TensorFlow sized to those CPUs, as model_svc sizes it); then `naive_row` is
-the original deployment's Keras `model.predict` per tweet, `batch_rows` the server's own path
-(`LoadedModel.predict_texts`: tokenize, group by length, the compiled graph) at the batch sizes asked for,
+`init` loads the bundle once (TensorFlow sized to those CPUs, as model_svc sizes it), and once more with
+no XLA programs; then `naive_row` is the original deployment's Keras `model.predict` per tweet,
+`batch_rows` the server's own path (`LoadedModel.predict_texts`: tokenize, group by length, the XLA
+programs and the graph) at the batch sizes asked for, beside the same on the graph alone,
 `inference_rows` the server's whole path without gRPC (`Inference.predict_batch`: the checks, the batcher
 and its inference thread, callers on an event loop, as the servicer calls it), and `scores` the in-process
 scores every server is checked against.
@@ -20,11 +21,13 @@ from typing import Any
 from benchmarks.predict_grpc import row
 
 _model: Any = None
+_graph_only: Any = None  # the same bundle with XLA_MAX_ROWS=0: every group through the graph
 
 
 def init(bundle_dir: Path, cpus: set[int]) -> bool:
-    """Pin this process to `cpus` and load the bundle; True when the fused serving graph is in use."""
-    global _model
+    """Pin this process to `cpus` and load the bundle (as served, and on the graph alone); True when the
+    fused serving graph is in use."""
+    global _model, _graph_only
     os.sched_setaffinity(0, cpus)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from model_svc.model import LoadedModel, configure_threads
@@ -33,6 +36,8 @@ def init(bundle_dir: Path, cpus: set[int]) -> bool:
     configure_threads(len(cpus), 1)
     _model = LoadedModel(read_local_bundle(bundle_dir, "bench"))
     _model.warm()
+    _graph_only = LoadedModel(read_local_bundle(bundle_dir, "bench"), xla_max_rows=0)
+    _graph_only.warm()
     return bool(_model.fused)
 
 
@@ -55,20 +60,25 @@ def naive_row(texts: list[str], seconds: float) -> dict[str, Any]:
 
 
 def batch_rows(texts: list[str], seconds: float, batches: list[int]) -> list[dict[str, Any]]:
-    """`predict_texts` on consecutive chunks of each size in `batches`, `seconds` each."""
+    """`predict_texts` on consecutive chunks of each size in `batches`, `seconds` each: as served
+    ("in-process batch N"), then on the graph alone ("in-process graph only, batch N")."""
     rows = []
     for batch in batches:
-        latencies: list[float] = []
-        done, offset = 0, 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            chunk = texts[offset : offset + batch]
-            offset = (offset + batch) % (len(texts) - batch)
-            t0 = time.perf_counter()
-            _model.predict_texts(chunk)
-            latencies.append(time.perf_counter() - t0)
-            done += len(chunk)
-        rows.append(row(f"in-process batch {batch}", done, time.perf_counter() - started, latencies))
+        for model, name in (
+            (_model, f"in-process batch {batch}"),
+            (_graph_only, f"in-process graph only, batch {batch}"),
+        ):
+            latencies: list[float] = []
+            done, offset = 0, 0
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                chunk = texts[offset : offset + batch]
+                offset = (offset + batch) % (len(texts) - batch)
+                t0 = time.perf_counter()
+                model.predict_texts(chunk)
+                latencies.append(time.perf_counter() - t0)
+                done += len(chunk)
+            rows.append(row(name, done, time.perf_counter() - started, latencies))
     return rows
 
 

@@ -124,6 +124,24 @@ def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def xla_vs_graph(result: dict[str, Any]) -> dict[int, float]:
+    """In process, per batch size: `predict_texts` as served (XLA programs for the small groups) over the
+    same on the graph alone, the median of the passes' ratios (measured back to back in each pass)."""
+    out = {}
+    for name in result["in_process_passes"][0]:
+        if name.startswith("in-process batch"):
+            batch = int(name.rsplit(" ", 1)[1])
+            graph = f"in-process graph only, batch {batch}"
+            out[batch] = round(
+                statistics.median(
+                    local[name]["tweets_per_s"] / local[graph]["tweets_per_s"]
+                    for local in result["in_process_passes"]
+                ),
+                3,
+            )
+    return out
+
+
 def _h2load_passes(result: dict[str, Any]) -> dict[str, list[tuple[float, list[int]]]]:
     """Per line sent by h2load: (`WORKERS=2` on two cores / one worker on one core, the kernel's split of
     the connections) in each pass; empty when the h2load lines did not run."""
@@ -262,6 +280,8 @@ def print_report(result: dict[str, Any]) -> None:
     for name, r in result["in_process"].items():
         print(f"  {name:34} {r['tweets_per_s']:>9,.0f}/s  p50 {r['p50_ms']:.2f} ms")
     print(f"  (fused serving graph: {result['fused_graph']})")
+    ratios = ", ".join(f"{batch}: {ratio:.2f}x" for batch, ratio in result.get("xla_vs_graph", {}).items())
+    print(f"  as served (XLA programs for the small groups) / the graph alone, by batch: {ratios}")
     for line, ratio in result.get("vs_no_grpc", {}).items():
         print(f"  model_svc {line} / the same path without gRPC: {ratio:.2f}")
     print("\nmean batch the servers ran (model_svc):")

@@ -8,6 +8,9 @@ from sentiment.bundle import DEFAULT_LIMITS, BundleLimits
 from sentiment.config import Environ, available_cpus, read_settings, renamed, setting
 from sentiment.errors import ConfigError
 
+# Groups of up to this many texts run XLA programs (model_svc.model: why 32).
+DEFAULT_XLA_MAX_ROWS = 32
+
 # Variables renamed (old -> new): BATCH_MAX_SIZE read like MAX_BATCH_TEXTS, two different batches.
 RENAMED = {
     "BATCH_MAX_SIZE": "INFERENCE_BATCH_MAX_TEXTS",
@@ -65,6 +68,13 @@ class ModelConfig:
         default_factory=available_cpus,
         minimum=1,
     )
+    xla_max_rows: int = setting(
+        "XLA_MAX_ROWS",
+        "groups of up to this many texts (0 or a power of two) run XLA programs compiled at each load "
+        "(the default model: 30 shapes, ~12 s on one core); 0: the graph runs every group",
+        DEFAULT_XLA_MAX_ROWS,
+        minimum=0,
+    )
     tls_cert_path: str = setting("TLS_CERT_PATH", "PEM certificate: serve TLS (with TLS_KEY_PATH)", "")
     tls_key_path: str = setting("TLS_KEY_PATH", "PEM private key of TLS_CERT_PATH", "")
     metrics_port: int = setting("METRICS_PORT", "Prometheus /metrics port; 0 turns it off", 8002, minimum=0)
@@ -101,6 +111,8 @@ class ModelConfig:
                 f"PREDICT_BATCH_MAX_TEXTS={self.predict_batch_max_texts}, "
                 "or a full PredictBatch could never be admitted"
             )
+        if self.xla_max_rows & (self.xla_max_rows - 1):
+            raise ConfigError(f"XLA_MAX_ROWS={self.xla_max_rows} must be 0 or a power of two")
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
             raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")
 

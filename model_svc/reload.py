@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_svc.config import DEFAULT_XLA_MAX_ROWS
 from model_svc.inference import Inference
 from model_svc.model import LoadedModel
 from sentiment import bundle
@@ -58,6 +59,7 @@ class Reloader:
         on_loaded: Callable[[LoadedModel], Awaitable[None]] | None = None,
         limits: BundleLimits = DEFAULT_LIMITS,
         load_timeout_s: float = 300.0,
+        xla_max_rows: int = DEFAULT_XLA_MAX_ROWS,
     ) -> None:
         self.store = store
         self.model_dir = model_dir
@@ -67,6 +69,7 @@ class Reloader:
         self.on_loaded = on_loaded
         self.limits = limits
         self.load_timeout_s = load_timeout_s
+        self.xla_max_rows = xla_max_rows
         self.failures: dict[str, _Failure] = {}
         # Loads abandoned at their deadline, still running: a version is not loaded again until its ends.
         self.abandoned: dict[str, asyncio.Future[None]] = {}
@@ -146,7 +149,9 @@ class Reloader:
     async def _load_in_thread(self, local: bundle.LocalBundle) -> LoadedModel:
         """Load and warm in a worker thread. A thread cannot be stopped: when the caller's deadline cancels
         this, the load is left to end on its own in `abandoned`, is never swapped in, and its folder goes."""
-        load = asyncio.ensure_future(asyncio.to_thread(_load_and_warm, local, self.limits.max_model_bytes))
+        load = asyncio.ensure_future(
+            asyncio.to_thread(_load_and_warm, local, self.limits.max_model_bytes, self.xla_max_rows)
+        )
         try:
             return await asyncio.shield(load)
         except asyncio.CancelledError:
@@ -198,8 +203,8 @@ class Reloader:
         )
 
 
-def _load_and_warm(local: bundle.LocalBundle, max_weight_bytes: int) -> LoadedModel:
-    model = LoadedModel(local, max_weight_bytes)
+def _load_and_warm(local: bundle.LocalBundle, max_weight_bytes: int, xla_max_rows: int) -> LoadedModel:
+    model = LoadedModel(local, max_weight_bytes, xla_max_rows)
     warm_s = model.warm()
     log.debug("model %s loaded in %.2fs, warmed in %.2fs", local.version, model.load_s, warm_s)
     return model

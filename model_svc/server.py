@@ -92,6 +92,7 @@ async def start_server(
             on_loaded,
             limits=config.bundle_limits,
             load_timeout_s=config.load_timeout_s,
+            xla_max_rows=config.xla_max_rows,
         )
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
             PredictService(inference, lambda: reloader.current_version), server

@@ -17,6 +17,8 @@ from train_svc.params import TrainParams
 from train_svc.trainer import train
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The programs the tests start compile no XLA programs (~7 s a load of the tiny model) unless a test asks.
+os.environ.setdefault("XLA_MAX_ROWS", "0")
 
 # Each area keeps its fixtures in its own module, so parallel work does not collide here.
 pytest_plugins = ["tests.fixtures_train", "tests.fixtures_model", "tests.fixtures_stream"]

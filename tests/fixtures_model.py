@@ -22,9 +22,16 @@ GRPCURL = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "grpcurl")
 
 
 def model_config(store: Path | str, **overrides: Any) -> ModelConfig:
-    """A test config: loopback port 0, no metrics endpoint, fast polling."""
+    """A test config: loopback port 0, no metrics endpoint, fast polling, no XLA programs (compiling
+    them takes ~7 s a load of the tiny model; tests/test_model_svc_xla.py and the `python -m model_svc`
+    test run them)."""
     base = ModelConfig(
-        store_uri=str(store), listen_addr="127.0.0.1:0", metrics_port=0, reload_interval_s=0.1, grace_s=1.0
+        store_uri=str(store),
+        listen_addr="127.0.0.1:0",
+        metrics_port=0,
+        reload_interval_s=0.1,
+        grace_s=1.0,
+        xla_max_rows=0,
     )
     return replace(base, **overrides)
 

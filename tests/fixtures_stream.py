@@ -461,8 +461,13 @@ def auth_aws() -> Iterator[AuthAws]:
 def model_svc_config(store: Path, listen_addr: str = "127.0.0.1:0") -> Any:
     from model_svc.config import ModelConfig
 
-    return ModelConfig(
-        store_uri=str(store), listen_addr=listen_addr, metrics_port=0, reload_interval_s=5.0, grace_s=1.0
+    return ModelConfig(  # no XLA programs: see tests.fixtures_model.model_config
+        store_uri=str(store),
+        listen_addr=listen_addr,
+        metrics_port=0,
+        reload_interval_s=5.0,
+        grace_s=1.0,
+        xla_max_rows=0,
     )
 
 

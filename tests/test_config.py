@@ -27,3 +27,14 @@ def test_a_new_name_wins_over_its_old_one_and_errors_name_what_was_read() -> Non
         ModelConfig.from_env({"STORE_URI": "/tmp/s", "INFERENCE_BATCH_MAX_TEXTS": "lots"})
     with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="BATCH_MAX_SIZE='lots'"):
         ModelConfig.from_env({"STORE_URI": "/tmp/s", "BATCH_MAX_SIZE": "lots"})
+
+
+def test_xla_max_rows_is_0_or_a_power_of_two() -> None:
+    assert ModelConfig.from_env({"STORE_URI": "/tmp/s"}).xla_max_rows == 32
+    for value in ("0", "1", "8", "64"):
+        assert ModelConfig.from_env({"STORE_URI": "/tmp/s", "XLA_MAX_ROWS": value}).xla_max_rows == int(value)
+    for value in ("3", "24"):
+        with pytest.raises(ConfigError, match=f"XLA_MAX_ROWS={value} must be 0 or a power of two"):
+            ModelConfig.from_env({"STORE_URI": "/tmp/s", "XLA_MAX_ROWS": value})
+    with pytest.raises(ConfigError, match="XLA_MAX_ROWS"):
+        ModelConfig.from_env({"STORE_URI": "/tmp/s", "XLA_MAX_ROWS": "-1"})

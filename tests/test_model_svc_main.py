@@ -8,17 +8,23 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from model_svc.model import LoadedModel
 from protos import predict_pb2, predict_pb2_grpc
 from scripts.local_aws import free_port
 from scripts.programs import start
+from sentiment.bundle import read_local_bundle
+from sentiment.synthetic import generate
 
 
-async def test_serves_and_exits_0_on_sigterm(model_store: Path, tmp_path: Path) -> None:
+async def test_serves_and_exits_0_on_sigterm(
+    model_store: Path, tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
     metrics_port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "XLA_MAX_ROWS"},  # as shipped: XLA programs
         "STORE_URI": str(model_store),
         "METRICS_PORT": str(metrics_port),
         "GRACE_S": "2",
@@ -33,7 +39,16 @@ async def test_serves_and_exits_0_on_sigterm(model_store: Path, tmp_path: Path) 
             reply = await predict_pb2_grpc.PredictServiceStub(channel).Predict(
                 predict_pb2.PredictRequest(text="what a day"), timeout=10
             )
+            texts = [t.text for t in generate(24, seed=5)] + ["ok", "so " * 50]
+            batch = await predict_pb2_grpc.PredictServiceStub(channel).PredictBatch(
+                predict_pb2.PredictBatchRequest(texts=texts), timeout=10
+            )
         assert reply.model_version == "v1"
+        # The shipped default compiled the small groups' XLA programs; they score as the graph does.
+        assert "XLA programs (up to 32 texts" in program.log_text()
+        graph = LoadedModel(read_local_bundle(tiny_bundle_dir, "v1"), xla_max_rows=0)
+        expected = graph.scores(texts)
+        np.testing.assert_allclose([p.score for p in batch.predictions], expected, atol=1e-5)
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
         # Label-agnostic: with WORKERS > 1 every series also carries a `worker` label.
