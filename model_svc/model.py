@@ -40,10 +40,10 @@ TYPICAL_TOKENS = 8  # fewer than most tweets have: the expected batch time stays
 # XLA runs the LSTM's steps as one compiled loop where the graph executor spends ~20 us a step on control
 # flow. Measured on the default model, one core, the fused function alone: 1.9-4.1x the graph for 1-8
 # rows, 1.5-1.9x for 16-32, 1.2-1.35x for 64-256 at the same width; the whole `predict_texts`: 1.9-2.1x
-# for 1-4 texts, 1.6x for 16, 1.2x for 64, 1.0-1.05x for 256-1024. Each shape is compiled apart (~0.4 s
-# and ~6 MB each), so only small groups get programs: there padding costs little, while a large group
-# padded to a multiple of 8 steps would lose what XLA gains. Wider groups (long sequence lengths) run the
-# graph.
+# for 1-4 texts, 1.5-1.6x for 16, 1.2x for 64, 0.96-1.05x for 256-1024. Each shape is compiled apart
+# (~0.4 s; the default model's 30 take ~100 MiB, once a process: model_svc.fused), so only small groups
+# get programs: there padding costs little, while a large group padded to a multiple of 8 steps would
+# lose what XLA gains. Wider groups (long sequence lengths) run the graph.
 XLA_WIDTH_STEP = 8
 XLA_MAX_WIDTH = 64
 
@@ -172,17 +172,12 @@ class LoadedModel:
 
         self._scores = scores
         self.fused = False  # True when the fused graph (model_svc.fused) serves, checked against Keras
-        self._xla: Any = None  # the fused function for XLA: one program a shape, compiled on its first call
+        self._xla: Any = None  # the fused graph with its LSTM loop as XLA programs (model_svc.fused)
         fused = fused_scores(model)
         if fused is not None:
-            diff = max_difference(fused, scores, len(self._vocabulary), max(self.sequence_length, 2))
+            diff = max_difference(fused[0], scores, len(self._vocabulary), max(self.sequence_length, 2))
             if diff <= FUSED_TOLERANCE:
-                self._scores, self.fused = fused, True
-                self._xla = tf.function(
-                    fused.python_function,  # type: ignore[attr-defined]  # fused is a tf.function
-                    jit_compile=True,
-                    input_signature=[tf.TensorSpec([None, None], tf.int32)],
-                ).get_concrete_function()
+                self._scores, self._xla, self.fused = fused[0], fused[1], True
             else:
                 log.warning("model %s: the fused graph is off by %.2g; serving Keras's", self.version, diff)
         # The traced graph itself: a call skips tf.function's argument binding (~0.1 ms of a 1 ms call).
@@ -191,6 +186,7 @@ class LoadedModel:
         # The shapes warm() compiled and checked: only those are ever run by XLA, so no caller pays for
         # a compilation.
         self.xla_shapes: frozenset[tuple[int, int]] = frozenset()
+        self.xla_compile_s = 0.0  # what compiling (or finding compiled) and checking them took
         self.call_cost, self.step_cost = CALL_COST, STEP_COST
         self.call_s = self.text_s = 0.0  # measured by warm()
         self.load_s = time.monotonic() - started
@@ -264,13 +260,14 @@ class LoadedModel:
             log.warning("model %s: XLA's programs are off by %.2g; serving the graph", self.version, diff)
             return
         self.xla_shapes = frozenset(samples)
+        self.xla_compile_s = time.monotonic() - started
         log.info(
-            "model %s: %d XLA programs (up to %d texts, %d tokens) compiled in %.1fs",
+            "model %s: %d XLA programs (up to %d texts, %d tokens) ready in %.1fs",
             self.version,
             len(samples),
             rows[-1],
             top,
-            time.monotonic() - started,
+            self.xla_compile_s,
             extra={"model_version": self.version},
         )
 

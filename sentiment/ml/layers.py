@@ -37,17 +37,23 @@ class NGramLinear(keras.layers.Layer):  # type: ignore[misc]  # keras ships no t
         self.kernel = self.add_weight(shape=(self.buckets,), initializer="zeros", name="kernel")
 
     def call(self, ids: Any) -> Any:
-        ops = keras.ops
-        ids = ops.cast(ids, "int64")
-        left, right = ids[:, :-1], ids[:, 1:]
-        words = ops.cast(ids > 0, self.compute_dtype)
-        pairs = ops.cast(ops.logical_and(left > 0, right > 0), self.compute_dtype)
-        bigram_ids = (left * BIGRAM_MULTIPLIER + right) % self.buckets
-        total = ops.sum(ops.take(self.kernel, ids % self.buckets) * words, axis=1, keepdims=True)
-        return total + ops.sum(ops.take(self.kernel, bigram_ids) * pairs, axis=1, keepdims=True)
+        return ngram_logit(ids, self.kernel, self.buckets, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, int]:
         return (input_shape[0], 1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "buckets": self.buckets}
+
+
+def ngram_logit(ids: Any, kernel: Any, buckets: Any, dtype: str = "float32") -> Any:
+    """NGramLinear's logit [batch, 1] of token ids [batch, time] for a `kernel` of `buckets` weights (also
+    what model_svc's fused serving graph computes, with the kernel passed in)."""
+    ops = keras.ops
+    ids = ops.cast(ids, "int64")
+    left, right = ids[:, :-1], ids[:, 1:]
+    words = ops.cast(ids > 0, dtype)
+    pairs = ops.cast(ops.logical_and(left > 0, right > 0), dtype)
+    bigram_ids = (left * BIGRAM_MULTIPLIER + right) % buckets
+    total = ops.sum(ops.take(kernel, ids % buckets) * words, axis=1, keepdims=True)
+    return total + ops.sum(ops.take(kernel, bigram_ids) * pairs, axis=1, keepdims=True)
