@@ -28,7 +28,8 @@ from sentiment.ml.layers import ngram_logit
 
 log = logging.getLogger(__name__)
 
-# The folded table is vocabulary x 4 units float32 (35 MB for the default model's 21.8k words x LSTM 100).
+# The folded table is vocabulary x 4 units float32, its rows padded to a power of two (see _xla_scores): 52 MB
+# for the default model's 21.8k words (32k rows) x LSTM 100.
 MAX_TABLE_BYTES = 256 << 20
 DROPOUTS = ("Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise")
 
