@@ -13,13 +13,16 @@ PAIR = "2 x model_svc, 1 core each"  # two one-core servers side by side, h2load
 BATCH_LINES = ["PredictBatch 64 c=4", "PredictBatch 256 c=4"]
 
 
+def in_process_batches(
+    in_process: dict[str, dict[str, Any]], prefix: str = "in-process batch"
+) -> dict[int, Any]:
+    """The in-process rows named `<prefix> <batch>`, by batch size."""
+    return {int(name.rsplit(" ", 1)[1]): r for name, r in in_process.items() if name.startswith(prefix)}
+
+
 def in_process_at(in_process: dict[str, dict[str, Any]], batch: float) -> float:
     """In-process texts/s at `batch` texts a call, interpolated between the measured sizes (log scale)."""
-    points = sorted(
-        (int(name.rsplit(" ", 1)[1]), r["tweets_per_s"])
-        for name, r in in_process.items()
-        if name.startswith("in-process batch")
-    )
+    points = sorted((b, r["tweets_per_s"]) for b, r in in_process_batches(in_process).items())
     batch = min(max(batch, points[0][0]), points[-1][0])
     for (b0, t0), (b1, t1) in itertools.pairwise(points):
         if b0 <= batch <= b1:
@@ -127,19 +130,12 @@ def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
 def xla_vs_graph(result: dict[str, Any]) -> dict[int, float]:
     """In process, per batch size: `predict_texts` as served (XLA programs for the small groups) over the
     same on the graph alone, the median of the passes' ratios (measured back to back in each pass)."""
-    out = {}
-    for name in result["in_process_passes"][0]:
-        if name.startswith("in-process batch"):
-            batch = int(name.rsplit(" ", 1)[1])
-            graph = f"in-process graph only, batch {batch}"
-            out[batch] = round(
-                statistics.median(
-                    local[name]["tweets_per_s"] / local[graph]["tweets_per_s"]
-                    for local in result["in_process_passes"]
-                ),
-                3,
-            )
-    return out
+    ratios: dict[int, list[float]] = {}
+    for local in result["in_process_passes"]:
+        graph = in_process_batches(local, "in-process graph only, batch")
+        for batch, r in in_process_batches(local).items():
+            ratios.setdefault(batch, []).append(r["tweets_per_s"] / graph[batch]["tweets_per_s"])
+    return {batch: round(statistics.median(values), 3) for batch, values in sorted(ratios.items())}
 
 
 def _h2load_passes(result: dict[str, Any]) -> dict[str, list[tuple[float, list[int]]]]:

@@ -113,7 +113,7 @@ def _xla_scores(units: int, ngrams: bool) -> Any:
     """`_scores` as XLA programs (one a shape of every argument, compiled on its first call): ONE function
     a process for each LSTM size, since TensorFlow keeps every program it compiled for good, keyed by the
     function and the shapes. With a function a model (measured, the default model reloaded 6 times), each
-    reload compiled its 30 programs anew (11 s) and RSS grew ~58 MiB a reload; shared, a model of a size
+    reload compiled its 30 programs anew (11 s) and RSS grew ~56 MiB a reload; shared, a model of a size
     served before finds them compiled (0.1 s) and RSS levels off. The table's rows are padded to a power
     of two so that a new vocabulary mostly has the same shape."""
     with _XLA_SCORES_LOCK:

@@ -38,12 +38,12 @@ STEP_COST = 60.0
 FUSED_TOLERANCE = 1e-5  # largest score difference accepted between the fused and the Keras graph
 TYPICAL_TOKENS = 8  # fewer than most tweets have: the expected batch time stays a lower bound
 # XLA runs the LSTM's steps as one compiled loop where the graph executor spends ~20 us a step on control
-# flow. Measured on the default model, one core, the fused function alone: 1.9-4.1x the graph for 1-8
-# rows, 1.5-1.9x for 16-32, 1.2-1.35x for 64-256 at the same width; the whole `predict_texts`: 1.9-2.1x
-# for 1-4 texts, 1.5-1.6x for 16, 1.2x for 64, 0.96-1.05x for 256-1024. Each shape is compiled apart
-# (~0.4 s; the default model's 30 take ~100 MiB, once a process: model_svc.fused), so only small groups
-# get programs: there padding costs little, while a large group padded to a multiple of 8 steps would
-# lose what XLA gains. Wider groups (long sequence lengths) run the graph.
+# flow. Measured on the default model, one core, the fused function alone at widths 8-40: 2.2-5.8x the
+# graph for 1-8 rows, 1.6-2.2x for 16-32, 1.3-1.4x for 64-256; the whole `predict_texts` (bench-predict,
+# two runs): 1.85-2.42x for 1-4 texts, 1.48x for 16, 1.17-1.18x for 64, 0.97-1.02x for 128-1024. Each
+# shape is compiled apart (~0.4 s; the default model's 30 take ~100 MiB, once a process: model_svc.fused),
+# so only small groups get programs: there padding costs little, while a large group padded to a multiple
+# of 8 steps would lose much of what XLA gains. Wider groups (long sequence lengths) run the graph.
 XLA_WIDTH_STEP = 8
 XLA_MAX_WIDTH = 64
 
@@ -238,9 +238,10 @@ class LoadedModel:
         return self.call_s + max(texts - 1, 0) * self.text_s
 
     def _compile(self) -> None:
-        """Compile an XLA program for each shape of at most `xla_max_rows` rows (a power of two) and a width
-        of a multiple of XLA_WIDTH_STEP up to the sequence length (rounded up) or XLA_MAX_WIDTH, check each
-        against the graph: on any difference past FUSED_TOLERANCE the graph serves alone."""
+        """Compile (or find compiled, model_svc.fused) an XLA program for each shape of at most
+        `xla_max_rows` rows (a power of two) and a width of a multiple of XLA_WIDTH_STEP up to the sequence
+        length (rounded up) or XLA_MAX_WIDTH, and check each against the graph: on any difference past
+        FUSED_TOLERANCE the graph serves alone."""
         if not self.xla_max_rows:
             return
         started = time.monotonic()

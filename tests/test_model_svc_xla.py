@@ -4,7 +4,6 @@ scoring as the graph does, padding and all."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,13 @@ from tests.conftest import TINY_PARAMS
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bundle_dir: Path) -> Iterator[tuple[LoadedModel, LoadedModel]]:
+def models(tiny_bundle_dir: Path) -> tuple[LoadedModel, LoadedModel]:
     """The tiny model with XLA programs for up to 4 texts, and the same model on the graph alone."""
     xla = LoadedModel(read_local_bundle(tiny_bundle_dir, "v1"), xla_max_rows=4)
     graph = LoadedModel(read_local_bundle(tiny_bundle_dir, "v1"), xla_max_rows=0)
     xla.warm()
     graph.warm()
-    yield xla, graph
+    return xla, graph
 
 
 class _Counting:
