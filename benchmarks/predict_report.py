@@ -128,7 +128,7 @@ def vs_no_grpc(result: dict[str, Any]) -> dict[str, float]:
 
 
 def xla_vs_graph(result: dict[str, Any]) -> dict[int, float]:
-    """In process, per batch size: `predict_texts` as served (XLA programs for the small groups) over the
+    """In process, per batch size: `predict_texts` as served (XLA programs, a large group in chunks) over the
     same on the graph alone, the median of the passes' ratios (measured back to back in each pass)."""
     ratios: dict[int, list[float]] = {}
     for local in result["in_process_passes"]:
@@ -277,7 +277,7 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  {name:34} {r['tweets_per_s']:>9,.0f}/s  p50 {r['p50_ms']:.2f} ms")
     print(f"  (fused serving graph: {result['fused_graph']})")
     ratios = ", ".join(f"{batch}: {ratio:.2f}x" for batch, ratio in result.get("xla_vs_graph", {}).items())
-    print(f"  as served (XLA programs for the small groups) / the graph alone, by batch: {ratios}")
+    print(f"  as served (XLA programs, a large group in chunks) / the graph alone, by batch: {ratios}")
     for line, ratio in result.get("vs_no_grpc", {}).items():
         print(f"  model_svc {line} / the same path without gRPC: {ratio:.2f}")
     print("\nmean batch the servers ran (model_svc):")

@@ -70,9 +70,9 @@ class ModelConfig:
     )
     xla_max_rows: int = setting(
         "XLA_MAX_ROWS",
-        "groups of up to this many texts (0 or a power of two) run XLA programs, compiled at the first load "
-        "(the default model: 30 shapes, ~10 s on one core; a later version of the same sizes reuses them); "
-        "0: the graph runs every group",
+        "the most texts one XLA program scores (0 or a power of two; a larger group runs in chunks of this "
+        "many), compiled at the first load (the default model: 30 shapes, ~10 s on one core; a later "
+        "version of the same sizes reuses them); 0: the graph runs every group",
         DEFAULT_XLA_MAX_ROWS,
         minimum=0,
     )

@@ -2,10 +2,10 @@
 
 `predict_texts` is what the inference thread runs for each batch: tokenize with the bundle's settings,
 group the texts by token count so short tweets are not padded to long ones, and score each group. A group
-of at most `xla_max_rows` texts runs an XLA program compiled for its shape rounded up (rows to a power of
-two, width to a multiple of XLA_WIDTH_STEP), every such shape compiled by `warm` before the model serves;
-any other group runs the traced graph, whatever its shape. The model masks id 0, so the padding (rows and
-width) does not change a score.
+runs in chunks of at most `xla_max_rows` texts through XLA programs compiled for each chunk's shape rounded
+up (rows to a power of two, width to a multiple of XLA_WIDTH_STEP), every such shape compiled by `warm`
+before the model serves; a group wider than the programs runs the traced graph, whatever its shape. The
+model masks id 0, so the padding (rows and width) does not change a score.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ STEP_COST = 60.0
 FUSED_TOLERANCE = 1e-5  # largest score difference accepted between the fused and the Keras graph
 TYPICAL_TOKENS = 8  # fewer than most tweets have: the expected batch time stays a lower bound
 # XLA runs the LSTM's steps as one compiled loop where the graph executor spends ~20 us a step on control
-# flow. Measured on the default model, one core, the fused function alone at widths 8-40: 2.2-5.8x the
-# graph for 1-8 rows, 1.6-2.2x for 16-32, 1.3-1.4x for 64-256; the whole `predict_texts` (bench-predict,
-# two runs): 1.85-2.42x for 1-4 texts, 1.48x for 16, 1.17-1.18x for 64, 0.97-1.02x for 128-1024. Each
-# shape is compiled apart (~0.4 s; the default model's 30 take ~100 MiB, once a process: model_svc.fused),
-# so only small groups get programs: there padding costs little, while a large group padded to a multiple
-# of 8 steps would lose much of what XLA gains. Wider groups (long sequence lengths) run the graph.
+# flow. Measured on the default model, one core, the fused function alone at widths 16-40: 2.1-2.4x the
+# graph for 16 rows, 1.7-2.0x for 32, 1.2-1.5x for 64-256. Each shape is compiled apart (~0.4 s; the default
+# model's 30 take ~100 MiB, once a process: model_svc.fused), so programs go only up to `xla_max_rows` rows,
+# and a larger group runs as chunks of that many: XLA's time a row is flat past ~32 rows (12-14 us at width
+# 16, 19-23 at 24, 28-38 at 40, for 32 to 256 rows), so 8 chunks of 32 rows take 0.8-1.0x one program of
+# 256, and no group pads more than its last chunk's rows. Widths go in steps of 8 as rows go in powers of
+# two: finer steps would cost more programs. Wider groups (long sequence lengths) run the graph.
 XLA_WIDTH_STEP = 8
 XLA_MAX_WIDTH = 64
 
@@ -76,7 +77,7 @@ def group_by_length(
 
     Sorted by length, then cut so that sum(call_cost + width * (step_cost + rows)) over the groups is least
     (dynamic programming over the distinct lengths, at most sequence_length of them). The graph's cost
-    model, also where XLA runs the small groups: costing XLA's programs apart (measured per shape) doubled
+    model, also where XLA runs the groups: costing XLA's programs apart (measured per shape) doubled
     the time this takes and cut a few more groups than paid: 0.79x at 16 texts.
     """
     if len(lengths) == 1:  # a lone caller's text: nothing to split (the search takes ~10 us)
@@ -273,16 +274,24 @@ class LoadedModel:
         )
 
     def score_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Scores of an int32 id matrix (pre-padded with 0): through the XLA program of its shape rounded
-        up when warm() compiled one (the extra rows and leading columns are 0s), else through the graph."""
+        """Scores of an int32 id matrix (pre-padded with 0): through XLA programs when warm() compiled
+        them for its width rounded up, in chunks of at most `xla_max_rows` rows (each padded to the next
+        compiled shape with rows and leading columns of 0s), else through the graph."""
         n, width = ids.shape
-        shape = (1 << max(n - 1, 0).bit_length(), _round_width(width))
-        if shape in self.xla_shapes:
-            padded = np.zeros(shape, dtype=np.int32)
-            padded[:n, shape[1] - width :] = ids
-            return np.asarray(self._xla(tf.constant(padded)).numpy()[:n])
-        result: np.ndarray = self._scores(tf.constant(ids, dtype=tf.int32)).numpy()
-        return result
+        top, padded_width = self.xla_max_rows, _round_width(width)
+        if (top, padded_width) not in self.xla_shapes:
+            result: np.ndarray = self._scores(tf.constant(ids, dtype=tf.int32)).numpy()
+            return result
+        if n <= top:
+            return self._score_xla(ids, padded_width)
+        return np.concatenate([self._score_xla(ids[i : i + top], padded_width) for i in range(0, n, top)])
+
+    def _score_xla(self, ids: np.ndarray, padded_width: int) -> np.ndarray:
+        """Scores of at most `xla_max_rows` rows through the program of their shape rounded up."""
+        n, width = ids.shape
+        padded = np.zeros((1 << max(n - 1, 0).bit_length(), padded_width), dtype=np.int32)
+        padded[:n, padded_width - width :] = ids
+        return np.asarray(self._xla(tf.constant(padded)).numpy()[:n])
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Sigmoid score of each text, computed in groups of similar token count."""

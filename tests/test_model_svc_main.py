@@ -44,7 +44,7 @@ async def test_serves_and_exits_0_on_sigterm(
                 predict_pb2.PredictBatchRequest(texts=texts), timeout=10
             )
         assert reply.model_version == "v1"
-        # The shipped default compiled the small groups' XLA programs; they score as the graph does.
+        # The shipped default compiled its XLA programs; they score as the graph does.
         assert "XLA programs (up to 32 texts" in program.log_text()
         graph = LoadedModel(read_local_bundle(tiny_bundle_dir, "v1"), xla_max_rows=0)
         expected = graph.scores(texts)

@@ -1,5 +1,5 @@
-"""XLA programs for small groups: compiled and checked at warm(), run only at the shapes compiled, and
-scoring as the graph does, padding and all."""
+"""XLA programs for groups of up to `xla_max_rows` texts: compiled and checked at warm(), run only at the
+shapes compiled (a larger group in chunks), and scoring as the graph does, padding and all."""
 
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ def test_warm_compiles_every_small_shape_and_nothing_else(models: tuple[LoadedMo
     assert graph.xla_shapes == frozenset()
 
 
-def test_small_groups_run_xla_and_every_group_scores_as_the_graph(
+def test_every_group_runs_xla_in_chunks_and_scores_as_the_graph(
     models: tuple[LoadedModel, LoadedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     xla, graph = models
     counting = _Counting(xla._xla)
     monkeypatch.setattr(xla, "_xla", counting)
     texts = [t.text for t in generate(40, seed=11)] + ["a", "good " * 40, "!!", "what a day :)"]
-    for size in (1, 2, 3, 4, 5, 9, len(texts)):  # padded to 1, 2, 4 rows; 5 and more: the graph
+    for size in (1, 2, 3, 4, 5, 9, len(texts)):  # padded to 1, 2, 4 rows; 5 and more: chunks of 4
         for start in range(0, len(texts) - size + 1, size):
             chunk = texts[start : start + size]
             np.testing.assert_allclose(xla.scores(chunk), graph.scores(chunk), atol=1e-6)
@@ -65,6 +65,13 @@ def test_small_groups_run_xla_and_every_group_scores_as_the_graph(
     ids = np.array([[0, 0, 5, 9, 2], [0, 3, 3, 3, 3], [0, 0, 0, 0, 0]], dtype=np.int32)
     np.testing.assert_allclose(xla.score_ids(ids), graph.score_ids(ids), atol=1e-6)
     assert counting.shapes[-1] == (4, XLA_WIDTH_STEP)
+    # Ten rows: chunks of 4, 4 and 2, each at its own program, in order.
+    rng = np.random.default_rng(3)
+    ids = np.where(rng.random((10, 6)) < 0.3, 0, rng.integers(2, len(xla.bundle.vocabulary), (10, 6)))
+    ids = ids.astype(np.int32)
+    counting.shapes.clear()
+    np.testing.assert_allclose(xla.score_ids(ids), graph.score_ids(ids), atol=1e-6)
+    assert counting.shapes == [(4, XLA_WIDTH_STEP), (4, XLA_WIDTH_STEP), (2, XLA_WIDTH_STEP)]
 
 
 def test_xla_programs_that_disagree_with_the_graph_are_not_served(
