@@ -67,7 +67,8 @@ def test_tokenize_shortcuts_change_no_token() -> None:
     rng = random.Random(7)
     pieces = [
         *"abnotwcsiNOTWCSI:;=8-o*'()[]{}|/\\<3@#.!?_ 09",
-        *("http://", "HTTPS://", "www.", ".com", ".Ly/x", "n't", "N'T", "can", "won", "&amp;", "&lt;3"),
+        *("http://", "HTTPS://", "www.", ".com", ".Ly/x", ".NET", ".io", ".me", "n't", "N'T", "can", "won"),
+        *("cant", "WonT", "8)", ":'(", "&amp;", "&lt;3", "&#10;"),
         *("😀", "😢", "💔", "é", "İ", "ſ", "\u212a"),
     ]
     corpus = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(20_000)]
@@ -84,6 +85,24 @@ def test_encode_pre_pads_and_keeps_the_tail() -> None:
     vocab = Vocabulary(["good", "bad"])
     out = encode([["good"], ["bad", "good", "zzz"]], vocab, sequence_length=2)
     assert out.tolist() == [[0, 2], [2, OOV_ID]]
+
+
+def test_encode_scatters_many_rows_as_it_places_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From SCATTER_ROWS rows `encode` places the ids of SCATTER_CHUNK rows at once: the same matrix as
+    row by row."""
+    monkeypatch.setattr(text_module, "SCATTER_CHUNK", 23)
+    rng = random.Random(3)
+    vocab = Vocabulary(["good", "bad", "meh"])
+    words = ["good", "bad", "meh", "zzz"]
+    for _ in range(200):
+        rows = [[rng.choice(words) for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(0, 70))]
+        pad_to = rng.choice([None, 0, 1, 4, 12, 30])
+        matrix = encode(rows, vocab, sequence_length=10, pad_to=pad_to)
+        width = 10 if pad_to is None else min(pad_to, 10)
+        assert matrix.shape == (len(rows), max(width, 1))
+        for row, tokens in zip(matrix, rows, strict=True):
+            assert row.tolist() == encode([tokens], vocab, 10, pad_to=pad_to)[0].tolist()
+    assert text_module.SCATTER_ROWS <= 70  # the scatter ran
 
 
 def test_reader_accepts_empty_fields_and_counts_malformed(tmp_path: Path) -> None:
