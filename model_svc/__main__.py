@@ -5,10 +5,11 @@ With WORKERS > 1 this process supervises that many server processes on one port 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
+
+import uvloop
 
 from model_svc.config import RENAMED, ModelConfig
 from sentiment.config import EXIT_CONFIG, EXIT_OK, answer_cli
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return supervise(config)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    asyncio.run(run(config))
+    # uvloop (libuv) rather than asyncio's own loop: each call's futures, callbacks and wake-ups cost less.
+    # Paired by h2load on one core, 6 passes: the no-op health Check at c=64 1.19x, Predict at c=64 1.17x,
+    # a lone Predict and PredictBatch of 64 at c=4 1.00x / 1.04x (their time is the model's).
+    uvloop.run(run(config))
     return EXIT_OK
 
 

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection, wait
 from types import FrameType
 from typing import Any
 
+import uvloop
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -200,7 +201,7 @@ def worker_main(
         os.sched_setaffinity(0, {cpu})
     setup_logging(config.log_level)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    asyncio.run(_serve(config, index, pipe, loaded))
+    uvloop.run(_serve(config, index, pipe, loaded))  # the event loop model_svc runs on (__main__)
 
 
 async def _serve(config: ModelConfig, index: int, pipe: Connection, loaded: Any) -> None:
